@@ -1,0 +1,70 @@
+"""A bad inventory value stops a role before it changes anything, naming the variable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, role_dirs
+
+BIN = Path(sys.executable).parent
+
+# One wrong value per role: (variable, value). Roles not listed get a wrong type
+# for their first list or bool default, derived below.
+BAD_VALUES: dict[str, tuple[str, object]] = {
+    "common": ("common_sshd_permit_root_login", "sometimes"),
+}
+
+
+def bad_value_for(role: Path) -> tuple[str, object]:
+    if role.name in BAD_VALUES:
+        return BAD_VALUES[role.name]
+    import yaml
+
+    specs = yaml.safe_load((role / "meta/argument_specs.yml").read_text(encoding="utf-8"))
+    for name, spec in specs["argument_specs"]["main"]["options"].items():
+        if spec.get("type") in ("int", "bool", "list", "dict"):
+            return name, "not-a-" + spec["type"] + "-value"
+    pytest.skip(f"{role.name}: no typed option to break")
+
+
+@pytest.mark.parametrize("role", role_dirs(), ids=[r.name for r in role_dirs()])
+def test_bad_value_fails_fast(role: Path, tmp_path: Path) -> None:
+    name, value = bad_value_for(role)
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        f"- hosts: localhost\n  gather_facts: false\n  roles:\n    - role: {role.name}\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "--check",
+            "-e",
+            json.dumps({name: value}),
+            str(playbook),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        },
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"{role.name}: {name}={value!r} was accepted"
+    assert name in output, f"{role.name}: the error does not name {name}:\n{output[-2000:]}"
+    assert "Validating arguments against arg spec" in output
+    assert "changed=" in output and "changed=0" in output
