@@ -1,0 +1,146 @@
+"""Settings of `llmserve serve`: every flag has an environment variable.
+
+Precedence: command-line flag, then environment variable, then default. An empty variable
+counts as unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from llmserve.loader import PRECISIONS
+
+
+def parse_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {value!r}")
+
+
+@dataclass
+class Settings:
+    model: str = ""
+    host: str = "0.0.0.0"
+    port: int = 8000
+    served_model_name: str = ""
+    engine: str = "batch"
+    max_batch_size: int = 32
+    max_queue: int = 256
+    max_model_len: int = 0
+    max_prefill_tokens: int = 8192
+    precision: str = "auto"
+    threads: int = 0
+    api_keys_file: str = ""
+    jwt_secret_file: str = ""
+    jwt_public_key_file: str = ""
+    jwt_algorithm: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    rate_limit_rps: float = 10.0
+    rate_limit_burst: int = 64
+    max_body_bytes: int = 1_048_576
+    drain_timeout: float = 30.0
+    log_prompts: bool = False
+    log_level: str = "info"
+    enable_fault_injection: bool = False
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    env: str
+    type: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "MODEL_PATH", str, "model directory (Hugging Face layout)"),
+    Option("host", "HOST", str, "address to listen on"),
+    Option("port", "PORT", int, "port to listen on"),
+    Option(
+        "served_model_name", "SERVED_MODEL_NAME", str, "model id in the API (default: dir name)"
+    ),
+    Option("engine", "ENGINE", str, "batch (continuous batching) or naive", ("batch", "naive")),
+    Option("max_batch_size", "MAX_BATCH_SIZE", int, "most sequences decoded together"),
+    Option("max_queue", "MAX_QUEUE", int, "most requests waiting for a batch slot (then 429)"),
+    Option("max_model_len", "MAX_MODEL_LEN", int, "context limit; 0 = the model's"),
+    Option("max_prefill_tokens", "MAX_PREFILL_TOKENS", int, "prompt tokens per prefill pass"),
+    Option("precision", "PRECISION", str, "weights precision", PRECISIONS),
+    Option("threads", "TORCH_THREADS", int, "CPU threads for torch; 0 = available cores"),
+    Option("api_keys_file", "API_KEYS_FILE", str, "file with one API key per line"),
+    Option("jwt_secret_file", "JWT_SECRET_FILE", str, "HMAC secret for JWT bearer tokens"),
+    Option("jwt_public_key_file", "JWT_PUBLIC_KEY_FILE", str, "PEM public key for JWT tokens"),
+    Option(
+        "jwt_algorithm",
+        "JWT_ALGORITHM",
+        str,
+        "the one accepted JWT algorithm (default HS256 with a secret, RS256 with a key)",
+    ),
+    Option("jwt_audience", "JWT_AUDIENCE", str, "required JWT `aud`"),
+    Option("jwt_issuer", "JWT_ISSUER", str, "required JWT `iss`"),
+    Option("rate_limit_rps", "RATE_LIMIT_RPS", float, "requests/s per key or IP; 0 = off"),
+    Option("rate_limit_burst", "RATE_LIMIT_BURST", int, "token-bucket size per key or IP"),
+    Option("max_body_bytes", "MAX_BODY_BYTES", int, "largest request body (then 413)"),
+    Option("drain_timeout", "DRAIN_TIMEOUT", float, "seconds in-flight work may take on SIGTERM"),
+    Option("log_prompts", "LOG_PROMPTS", parse_bool, "log prompts (e-mails, phones redacted)"),
+    Option("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
+    Option(
+        "enable_fault_injection",
+        "ENABLE_FAULT_INJECTION",
+        parse_bool,
+        "expose POST /debug/fault to make forward passes fail (testing only)",
+    ),
+)
+
+_DEFAULTS = Settings()
+
+
+def add_serve_arguments(
+    parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None
+) -> None:
+    env = os.environ if env is None else env
+    for opt in OPTIONS:
+        default = getattr(_DEFAULTS, opt.field)
+        if env.get(opt.env, "").strip():  # unset or empty: the default
+            try:
+                default = opt.type(env[opt.env])
+            except (ValueError, argparse.ArgumentTypeError):
+                parser.error(f"environment variable {opt.env}={env[opt.env]!r} is not valid")
+            if opt.choices and default not in opt.choices:
+                parser.error(f"environment variable {opt.env} must be one of {opt.choices}")
+        kwargs: dict[str, Any] = {
+            "dest": opt.field,
+            "default": default,
+            "help": f"{opt.help} [env {opt.env}, default {getattr(_DEFAULTS, opt.field)!r}]",
+        }
+        if opt.type is parse_bool:
+            kwargs["nargs"] = "?"
+            kwargs["const"] = True
+            kwargs["type"] = parse_bool
+        else:
+            kwargs["type"] = opt.type
+        if opt.choices:
+            kwargs["choices"] = opt.choices
+        parser.add_argument(opt.flag, **kwargs)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    settings = Settings(**values)
+    if not settings.served_model_name and settings.model:
+        settings.served_model_name = os.path.basename(os.path.normpath(settings.model))
+    return settings

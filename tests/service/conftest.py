@@ -1,0 +1,179 @@
+"""Fixtures: one tiny model per session, and real `llmserve serve` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+API_KEYS = ["test-key-alpha", "test-key-beta"]
+JWT_SECRET = "test-jwt-secret-" + "0123456789abcdef" * 4
+JWT_AUDIENCE = "llmserve-tests"
+JWT_ISSUER = "https://issuer.example"
+SERVED_NAME = "tiny-r1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A `llmserve serve` subprocess with its log in a file."""
+
+    def __init__(self, model: Path, log_path: Path, *args: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        cmd = [
+            sys.executable,
+            "-m",
+            "llmserve",
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--served-model-name",
+            SERVED_NAME,
+            *args,
+        ]
+        full_env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "PORT")}
+        full_env.update({"TORCH_THREADS": "1", **(env or {})})
+        self._log = open(log_path, "wb")  # noqa: SIM115
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return time.monotonic() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from llmserve.tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("secrets")
+    (d / "keys").write_text("# test keys\n" + "\n".join(API_KEYS) + "\n\n")
+    (d / "jwt.secret").write_text(JWT_SECRET + "\n")
+    return d
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model: Path, secrets_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Authenticated server with fault injection and prompt logging (shared by most tests)."""
+    log = tmp_path_factory.mktemp("logs") / "main.log"
+    srv = Server(
+        tiny_model,
+        log,
+        "--jwt-secret-file",
+        str(secrets_dir / "jwt.secret"),
+        "--jwt-audience",
+        JWT_AUDIENCE,
+        "--jwt-issuer",
+        JWT_ISSUER,
+        "--max-body-bytes",
+        "65536",
+        "--rate-limit-rps",
+        "1000",
+        "--rate-limit-burst",
+        "1000",
+        "--enable-fault-injection",
+        "--log-prompts",
+        env={"API_KEYS_FILE": str(secrets_dir / "keys"), "MAX_BATCH_SIZE": "32"},
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def open_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """No auth (per-IP rate limiting), a batch of 2 and a queue of 1."""
+    log = tmp_path_factory.mktemp("logs") / "open.log"
+    srv = Server(
+        tiny_model,
+        log,
+        "--rate-limit-rps",
+        "0.5",
+        "--rate-limit-burst",
+        "3",
+        "--max-batch-size",
+        "2",
+        "--max-queue",
+        "1",
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def auth_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEYS[0]}"}
+
+
+def make_jwt(**overrides: object) -> str:
+    claims: dict[str, object] = {
+        "sub": "tester",
+        "aud": JWT_AUDIENCE,
+        "iss": JWT_ISSUER,
+        "exp": int(time.time()) + 300,
+    }
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    """Value of one sample in Prometheus text format (0 when absent)."""
+    prefix = name + (("{" + labels + "}") if labels else "")
+    for line in text.splitlines():
+        if line.startswith(prefix + " "):
+            return float(line.split()[-1])
+    return 0.0

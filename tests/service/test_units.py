@@ -1,0 +1,301 @@
+"""Unit tests of the small modules: auth, rate limit, redaction, validation, sampling."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import time
+
+import jwt
+import pytest
+import torch
+
+from llmserve.auth import Authenticator, AuthError
+from llmserve.config import add_serve_arguments, settings_from_args
+from llmserve.errors import APIError
+from llmserve.protocol import (
+    CompletionRequest,
+    GenerateRequest,
+    GenerationDefaults,
+    parse_body,
+    sampling_params,
+)
+from llmserve.ratelimit import RateLimiter
+from llmserve.redact import redact
+from llmserve.sampling import BatchSampling, sample
+from llmserve.sequence import SamplingParams, Sequence
+
+SECRET = "unit-secret-" + "0123456789abcdef" * 4
+
+
+# -- auth -------------------------------------------------------------------------------------
+@pytest.fixture
+def keys_file(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text("# comment\nkey-one\n\n  key-two  \n")
+    return path
+
+
+def test_auth_disabled_is_anonymous_per_ip():
+    auth = Authenticator()
+    assert not auth.enabled
+    assert auth.authenticate(None, "10.0.0.1").key == "ip:10.0.0.1"
+
+
+def test_api_keys_kept_as_digests(keys_file):
+    auth = Authenticator(api_keys_file=str(keys_file))
+    assert auth.enabled
+    assert auth._digests == [hashlib.sha256(k.encode()).digest() for k in ("key-one", "key-two")]
+    one = auth.authenticate("Bearer key-one")
+    two = auth.authenticate("bearer key-two")
+    assert one.kind == "api_key" and one.key != two.key
+    for header in (None, "", "Bearer", "Bearer key-three", "Basic key-one", "key-one"):
+        with pytest.raises(AuthError):
+            auth.authenticate(header)
+
+
+def test_api_keys_reload(keys_file):
+    auth = Authenticator(api_keys_file=str(keys_file))
+    keys_file.write_text("key-new\n")
+    assert auth.reload() == 1
+    auth.authenticate("Bearer key-new")
+    with pytest.raises(AuthError):
+        auth.authenticate("Bearer key-one")
+
+
+def _token(alg: str = "HS256", key: str = SECRET, **claims: object) -> str:
+    base: dict[str, object] = {"sub": "svc", "aud": "api", "iss": "idp", "exp": time.time() + 60}
+    base.update(claims)
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, key, algorithm=alg)
+
+
+def test_jwt(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    auth = Authenticator(jwt_secret_file=str(secret), jwt_audience="api", jwt_issuer="idp")
+    assert auth.jwt_algorithm == "HS256"
+    principal = auth.authenticate("Bearer " + _token())
+    assert principal.kind == "jwt" and principal.key == "jwt:svc"
+    bad = [
+        _token(exp=time.time() - 60),
+        _token(exp=None),
+        _token(aud="other"),
+        _token(aud=None),
+        _token(iss="other"),
+        _token(key="another-secret-" + "x" * 64),
+        _token(alg="HS384"),
+        jwt.encode(
+            {"sub": "x", "aud": "api", "iss": "idp", "exp": time.time() + 60},
+            None,
+            algorithm="none",
+        ),
+    ]
+    for token in bad:
+        with pytest.raises(AuthError):
+            auth.authenticate("Bearer " + token)
+
+
+def test_jwt_config_errors(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    with pytest.raises(ValueError):
+        Authenticator(jwt_secret_file=str(secret), jwt_algorithm="RS256")
+    with pytest.raises(ValueError):
+        Authenticator(jwt_public_key_file=str(secret), jwt_algorithm="HS256")
+
+
+# -- rate limit -------------------------------------------------------------------------------
+def test_token_bucket():
+    rl = RateLimiter(rate=2.0, burst=3)
+    assert [rl.check("a", now=100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = rl.check("a", now=100.0)
+    assert wait == pytest.approx(0.5)
+    assert RateLimiter.retry_after(wait) == 1
+    assert rl.check("b", now=100.0) == 0.0  # separate bucket
+    assert rl.check("a", now=100.6) == 0.0  # refilled one token
+    assert rl.check("a", now=100.6) > 0
+
+
+def test_token_bucket_disabled_and_bounded():
+    assert RateLimiter(rate=0, burst=1).check("x") == 0.0
+    rl = RateLimiter(rate=1, burst=1, max_keys=10)
+    for i in range(100):
+        rl.check(f"k{i}", now=1.0)
+    assert len(rl._buckets) == 10
+
+
+# -- redaction --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("write to jane.doe+x@mail.example.co.uk now", "write to [EMAIL] now"),
+        ("call +1 (555) 123-4567.", "call [PHONE]."),
+        ("tel 030 1234 5678 or 0612345678", "tel [PHONE] or [PHONE]"),
+        ("+44 20 7946 0958", "[PHONE]"),
+        ("I have 3 cats and 12 dogs in 2024", "I have 3 cats and 12 dogs in 2024"),
+        ("version 1.2.3", "version 1.2.3"),
+    ],
+)
+def test_redact(text, expected):
+    assert redact(text) == expected
+
+
+# -- validation -------------------------------------------------------------------------------
+def _params(body: bytes, prompt_tokens: int = 10, limit: int = 100) -> SamplingParams:
+    req = parse_body(body, CompletionRequest)
+    return sampling_params(req, prompt_tokens, limit, GenerationDefaults(0.6, 0.95, 0), 16)
+
+
+def test_validation_defaults_and_limits():
+    p = _params(b'{"prompt": "x"}')
+    assert (p.max_tokens, p.temperature, p.top_p, p.top_k) == (16, 0.6, 0.95, 0)
+    p = _params(b'{"prompt": "x", "max_tokens": 90, "temperature": 0, "top_k": -1, "stop": "##"}')
+    assert p.max_tokens == 90 and p.greedy and p.top_k == 0 and p.stop == ["##"]
+    with pytest.raises(APIError) as err:
+        _params(b'{"prompt": "x", "max_tokens": 91}')
+    assert err.value.status == 400
+    assert "100" in err.value.message and "91" in err.value.message
+    assert "101" in err.value.message  # the total
+    with pytest.raises(APIError):
+        _params(b'{"prompt": "x"}', prompt_tokens=100)
+    assert _params(b'{"prompt": "x"}', prompt_tokens=95).max_tokens == 5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"\xff",
+        b"[1, 2]",
+        b'{"prompt": "x", "max_tokens": -5}',
+        b'{"prompt": "x", "temperature": "hot"}',
+        b'{"prompt": "x", "temperature": NaN}',
+        b'{"prompt": "x", "top_p": 1.5}',
+        b'{"prompt": "x", "n": 2}',
+        b'{"prompt": "x", "stop": [' + b",".join(b'"%d"' % i for i in range(17)) + b"]}",
+        b'{"max_tokens": 3}',
+    ],
+)
+def test_validation_rejects(body):
+    with pytest.raises(APIError) as err:
+        _params(body)
+    assert err.value.status == 400
+    assert set(err.value.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_unknown_fields_ignored():
+    req = parse_body(
+        b'{"prompt": "x", "frequency_penalty": 1, "whatever": {"a": 1}}', GenerateRequest
+    )
+    assert req.prompt == "x" and req.max_tokens == 16
+
+
+# -- config -----------------------------------------------------------------------------------
+def test_flags_env_and_defaults():
+    parser = argparse.ArgumentParser()
+    env = {"MAX_QUEUE": "7", "LOG_PROMPTS": "yes", "PORT": "9000", "MAX_MODEL_LEN": ""}
+    add_serve_arguments(parser, env=env)
+    s = settings_from_args(parser.parse_args(["--model", "/m/deepseek-r1", "--port", "9100"]))
+    assert s.max_queue == 7 and s.log_prompts is True
+    assert s.port == 9100  # the flag wins over the environment
+    assert s.max_batch_size == 32 and s.served_model_name == "deepseek-r1"
+    assert s.max_model_len == 0  # empty variable = default
+
+
+# -- sequence: detokenisation and stop strings ------------------------------------------------
+class _CharDecoder:
+    """Token id i is chr(i); enough to exercise the incremental logic."""
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+def _run(text: str, **params: object) -> tuple[list[str], Sequence]:
+    seq = Sequence([1], SamplingParams(max_tokens=100, **params), _CharDecoder(), frozenset({0}))
+    out = []
+    for ch in text:
+        out.append(seq.append_token(ord(ch)))
+        if seq.finished:
+            break
+    return out, seq
+
+
+def test_stop_string_is_cut_and_held_back():
+    out, seq = _run("hello END world", stop=["END"])
+    assert "".join(out) == "hello " and seq.finish_reason == "stop"
+    # "E" and "EN" were held back until they could no longer start the stop string.
+    out, seq = _run("an ENd. ok", stop=["END"])
+    assert "".join(out) == "an ENd. ok" and not seq.finished
+
+
+def test_overlapping_stop_strings():
+    out, seq = _run("xabce", stop=["abcd", "bc"])
+    assert "".join(out) == "xa" and seq.finish_reason == "stop"
+    out, seq = _run("no stop here", stop=["zz", "here!"])
+    # "here" might still become "here!": held back until the sequence ends.
+    assert "".join(out) == "no stop " and not seq.finished
+    assert seq._release(final=True) == "here"
+
+
+def test_eos_and_length():
+    seq = Sequence([1], SamplingParams(max_tokens=3), _CharDecoder(), frozenset({0}))
+    assert seq.append_token(ord("a")) == "a"
+    seq.append_token(0)
+    assert seq.finish_reason == "stop"
+    seq = Sequence(
+        [1], SamplingParams(max_tokens=2, ignore_eos=True), _CharDecoder(), frozenset({0})
+    )
+    seq.append_token(0)
+    seq.append_token(0)
+    assert seq.finish_reason == "length"
+
+
+# -- sampling ---------------------------------------------------------------------------------
+def test_seeded_rows_do_not_depend_on_the_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+
+    def run(rows: list[int]) -> list[int]:
+        gens = [torch.Generator().manual_seed(7) if r == 2 else None for r in rows]
+        cfg = BatchSampling.build(
+            [1.0] * len(rows), [0.9] * len(rows), [20] * len(rows), gens, torch.device("cpu")
+        )
+        picks = []
+        for _ in range(10):
+            picks.append(int(sample(logits[rows], cfg)[rows.index(2)]))
+        return picks
+
+    assert run([2]) == run([0, 1, 2, 3]) == run([3, 2])
+
+
+def test_greedy_and_top_k_one():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    cfg = BatchSampling.build([0.0, 1.0], [1.0, 1.0], [0, 1], [None, None], torch.device("cpu"))
+    assert sample(logits, cfg).tolist() == [1, 0]
+
+
+# -- tiny model -------------------------------------------------------------------------------
+def test_tiny_model_is_deterministic_and_verifiable(tiny_model, tmp_path):
+    from llmserve.tiny_model import make_tiny_model
+
+    again = make_tiny_model(tmp_path / "again")
+    assert (again / "SHA256SUMS").read_text() == (tiny_model / "SHA256SUMS").read_text()
+    subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=tiny_model, check=True)
+    size = sum(p.stat().st_size for p in tiny_model.iterdir())
+    assert size < 8_000_000
+    config = (tiny_model / "config.json").read_text()
+    assert "Qwen2ForCausalLM" in config
+
+
+def test_precision_resolution():
+    from llmserve.loader import LoadError, resolve_precision
+
+    assert resolve_precision("auto", cuda=False, bf16_ok=False) == "fp32"
+    assert resolve_precision("auto", cuda=True, bf16_ok=True) == "bf16"
+    assert resolve_precision("auto", cuda=True, bf16_ok=False) == "fp16"
+    for quant in ("int8", "int4"):
+        with pytest.raises(LoadError, match="CUDA"):
+            resolve_precision(quant, cuda=False, bf16_ok=False)
+    with pytest.raises(LoadError):
+        resolve_precision("fp8", cuda=True, bf16_ok=True)
