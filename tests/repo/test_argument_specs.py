@@ -27,9 +27,12 @@ def bad_value_for(role: Path) -> tuple[str, object]:
     import yaml
 
     specs = yaml.safe_load((role / "meta/argument_specs.yml").read_text(encoding="utf-8"))
-    for name, spec in specs["argument_specs"]["main"]["options"].items():
-        if spec.get("type") in ("int", "bool", "list", "dict"):
-            return name, "not-a-" + spec["type"] + "-value"
+    options = specs["argument_specs"]["main"]["options"]
+    # Strings become one-element lists, so break an int or a bool when there is one.
+    for wanted in ("int", "bool", "dict"):
+        for name, spec in options.items():
+            if spec.get("type") == wanted:
+                return name, f"not-a-{wanted}-value"
     pytest.skip(f"{role.name}: no typed option to break")
 
 
@@ -38,7 +41,7 @@ def test_bad_value_fails_fast(role: Path, tmp_path: Path) -> None:
     name, value = bad_value_for(role)
     playbook = tmp_path / "play.yml"
     playbook.write_text(
-        f"- hosts: localhost\n  gather_facts: false\n  roles:\n    - role: {role.name}\n",
+        f"- hosts: localhost\n  gather_facts: true\n  roles:\n    - role: {role.name}\n",
         encoding="utf-8",
     )
     result = subprocess.run(
@@ -50,7 +53,7 @@ def test_bad_value_fails_fast(role: Path, tmp_path: Path) -> None:
             "local",
             "--check",
             "-e",
-            json.dumps({name: value}),
+            json.dumps({name: value, "ansible_python_interpreter": sys.executable}),
             str(playbook),
         ],
         cwd=ROOT,
