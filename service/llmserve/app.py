@@ -491,6 +491,7 @@ def create_app(state: ServiceState) -> ASGIApp:
             state.defaults,
             None,
             req.max_completion_tokens if req.max_tokens is None else req.max_tokens,
+            vocab_size=int(loaded.model.config.vocab_size),
         )
         log_prompt("chat", text)
         seq = await start(ids, params)
@@ -577,13 +578,22 @@ def create_app(state: ServiceState) -> ASGIApp:
             if any(not 0 <= t < vocab for t in prompt):  # type: ignore[operator]
                 raise APIError(400, f"Prompt token ids must be in [0, {vocab}).", param="prompt")
             ids = [int(t) for t in prompt]
-            text = loaded.tokenizer.backend_tokenizer.decode(ids)
+            text = await run_in_thread(
+                lambda: loaded.tokenizer.backend_tokenizer.decode(ids), len(raw)
+            )
         else:
             text = str(prompt)
             ids = await run_in_thread(
                 lambda: loaded.tokenizer.backend_tokenizer.encode(text).ids, len(raw)
             )
-        params = sampling_params(req, len(ids), loaded.max_model_len, state.defaults, 16)
+        params = sampling_params(
+            req,
+            len(ids),
+            loaded.max_model_len,
+            state.defaults,
+            16,
+            vocab_size=int(loaded.model.config.vocab_size),
+        )
         log_prompt("completions", text)
         seq = await start(ids, params)
         cid = "cmpl-" + uuid.uuid4().hex
@@ -661,7 +671,14 @@ def create_app(state: ServiceState) -> ASGIApp:
         ids = await run_in_thread(
             lambda: loaded.tokenizer.backend_tokenizer.encode(req.prompt).ids, len(raw)
         )
-        params = sampling_params(req, len(ids), loaded.max_model_len, state.defaults, 16)
+        params = sampling_params(
+            req,
+            len(ids),
+            loaded.max_model_len,
+            state.defaults,
+            16,
+            vocab_size=int(loaded.model.config.vocab_size),
+        )
         log_prompt("generate", req.prompt)
         seq = await start(ids, params)
         out, event = await collect(request, seq)

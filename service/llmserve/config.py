@@ -26,6 +26,13 @@ def parse_bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {value!r}")
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _lower(value: str) -> str:
+    return value.strip().lower()
+
+
 @dataclass
 class Settings:
     model: str = ""
@@ -97,7 +104,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body_bytes", "MAX_BODY_BYTES", int, "largest request body (then 413)"),
     Option("drain_timeout", "DRAIN_TIMEOUT", float, "seconds in-flight work may take on SIGTERM"),
     Option("log_prompts", "LOG_PROMPTS", parse_bool, "log prompts (e-mails, phones redacted)"),
-    Option("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
+    Option("log_level", "LOG_LEVEL", _lower, "log threshold", LOG_LEVELS),
     Option(
         "enable_fault_injection",
         "ENABLE_FAULT_INJECTION",

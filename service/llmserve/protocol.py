@@ -13,6 +13,9 @@ from llmserve.sequence import SamplingParams
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
+# Integer sampling fields end up in int64 tensors or C counters in the engine: bound them here
+# so an absurd value is a 400 naming the field instead of an overflow inside the engine.
+MAX_INT_PARAM = 2**31 - 1
 
 
 class _Model(BaseModel):
@@ -25,18 +28,19 @@ class StreamOptions(_Model):
 
 class _Sampling(_Model):
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT_PARAM)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_INT_PARAM)
     stop: str | list[str] | None = None
+    # The range torch.Generator.manual_seed accepts.
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     n: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     # Extensions (as in vLLM): fixed-length outputs for benchmarks and tests.
     ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_INT_PARAM)
 
 
 class TextPart(_Model):
@@ -58,7 +62,7 @@ class ChatMessage(_Model):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT_PARAM)
 
 
 class CompletionRequest(_Sampling):
@@ -68,7 +72,7 @@ class CompletionRequest(_Sampling):
 
 class GenerateRequest(_Sampling):
     prompt: str
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_INT_PARAM)
 
 
 def parse_body(raw: bytes, model: type[_Model]) -> Any:
@@ -128,8 +132,12 @@ def sampling_params(
     defaults: GenerationDefaults,
     default_max_tokens: int | None,
     max_tokens: int | None = None,
+    vocab_size: int | None = None,
 ) -> SamplingParams:
-    """Check limits and build SamplingParams. `default_max_tokens` None = rest of context."""
+    """Check limits and build SamplingParams. `default_max_tokens` None = rest of context.
+
+    `vocab_size`, when given, caps top_k (a larger k keeps every token anyway).
+    """
     if req.n is not None and req.n != 1:
         raise APIError(400, "Only n=1 is supported: this server returns one choice.", param="n")
     if prompt_tokens == 0:
@@ -166,6 +174,8 @@ def sampling_params(
     temperature = defaults.temperature if req.temperature is None else req.temperature
     top_p = defaults.top_p if req.top_p is None else req.top_p
     top_k = defaults.top_k if req.top_k is None else max(0, req.top_k)
+    if vocab_size is not None and vocab_size > 0:
+        top_k = min(top_k, vocab_size)
     seed = None if req.seed is None else req.seed & 0xFFFF_FFFF_FFFF_FFFF
     return SamplingParams(
         max_tokens=requested,

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from llmserve.app import ServiceState, create_app
+from llmserve.auth import Authenticator
 from llmserve.config import Settings
 
 log = logging.getLogger("llmserve.server")
@@ -106,6 +107,15 @@ async def _load(state: ServiceState, t0: float) -> None:
     )
 
 
+def reload_api_keys(auth: Authenticator) -> None:
+    """SIGHUP: re-read the API keys file; a failure keeps the old keys and is logged."""
+    try:
+        count = auth.reload()
+        log.info("reloaded API keys", extra={"keys": count})
+    except (OSError, ValueError) as exc:  # ValueError covers UnicodeDecodeError
+        log.error("cannot reload API keys: %s", exc)
+
+
 async def serve(settings: Settings, t0: float | None = None) -> int:
     t0 = time.monotonic() if t0 is None else t0
     state = ServiceState(settings)
@@ -139,16 +149,9 @@ async def serve(settings: Settings, t0: float | None = None) -> int:
         state.metrics.ready.set(0)
         stop.set()
 
-    def on_hup() -> None:
-        try:
-            count = state.auth.reload()
-            log.info("reloaded API keys", extra={"keys": count})
-        except OSError as exc:
-            log.error("cannot reload API keys: %s", exc)
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_api_keys(state.auth))
 
     serve_task = asyncio.create_task(server.serve(), name="http")
     load_task = asyncio.create_task(_load(state, t0), name="load")

@@ -287,6 +287,26 @@ def test_jwt_with_pinned_algorithm(server):
     assert_openai_error(resp, 401)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("top_k", 1e30), ("top_k", 2**31), ("seed", 2**64), ("min_tokens", 2**63)],
+)
+def test_huge_sampling_integers_are_400(server, auth_headers, field, value):
+    resp = httpx.post(
+        server.url + "/v1/completions",
+        json={"prompt": "hi", "max_tokens": 2, field: value},
+        headers=auth_headers,
+    )
+    err = assert_openai_error(resp, 400)
+    assert err["param"] == field
+    ok = httpx.post(
+        server.url + "/v1/completions",
+        json={"prompt": "hi", "max_tokens": 2, "temperature": 1, "top_k": 2**31 - 1},
+        headers=auth_headers,
+    )
+    assert ok.status_code == 200, ok.text
+
+
 def test_context_length_400_names_both_numbers(server, auth_headers):
     resp = httpx.post(
         server.url + "/v1/completions",

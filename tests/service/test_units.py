@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import subprocess
 import time
 
@@ -25,6 +26,7 @@ from llmserve.ratelimit import RateLimiter
 from llmserve.redact import redact
 from llmserve.sampling import BatchSampling, sample
 from llmserve.sequence import SamplingParams, Sequence
+from llmserve.server import reload_api_keys
 
 SECRET = "unit-secret-" + "0123456789abcdef" * 4
 
@@ -62,6 +64,21 @@ def test_api_keys_reload(keys_file):
     auth.authenticate("Bearer key-new")
     with pytest.raises(AuthError):
         auth.authenticate("Bearer key-one")
+
+
+def test_api_keys_reload_failure_keeps_old_keys(keys_file, caplog):
+    auth = Authenticator(api_keys_file=str(keys_file))
+    keys_file.write_bytes(b"\xff\xfe not utf-8\n")
+    with caplog.at_level(logging.ERROR, logger="llmserve.server"):
+        reload_api_keys(auth)  # must not raise out of the signal callback
+    assert "cannot reload" in caplog.text
+    auth.authenticate("Bearer key-one")
+    keys_file.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="llmserve.server"):
+        reload_api_keys(auth)
+    assert "cannot reload" in caplog.text
+    auth.authenticate("Bearer key-one")
 
 
 def _token(alg: str = "HS256", key: str = SECRET, **claims: object) -> str:
@@ -184,6 +201,40 @@ def test_validation_rejects(body):
     assert set(err.value.body()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_k", b"1e30"),
+        ("top_k", b"2147483648"),
+        ("top_k", b"99999999999999999999999999999999"),
+        ("max_tokens", b"99999999999999999999999999999999"),
+        ("min_tokens", b"2147483648"),
+        ("seed", b"18446744073709551616"),
+        ("seed", b"-9223372036854775809"),
+        ("seed", b"1e40"),
+    ],
+)
+def test_huge_integers_are_400_naming_the_field(field, value):
+    with pytest.raises(APIError) as err:
+        _params(b'{"prompt": "x", "%s": %s}' % (field.encode(), value))
+    assert err.value.status == 400
+    assert err.value.body()["error"]["param"] == field
+
+
+def test_top_k_and_seed_extremes_reach_the_engine_safely():
+    req = parse_body(b'{"prompt": "x", "top_k": 2147483647}', CompletionRequest)
+    defaults = GenerationDefaults()
+    p = sampling_params(req, 10, 100, defaults, 16, vocab_size=50)
+    assert p.top_k == 50
+    assert sampling_params(req, 10, 100, defaults, 16).top_k == 2147483647
+    cfg = BatchSampling.build([1.0], [1.0], [p.top_k], [None], torch.device("cpu"))
+    assert 0 <= int(sample(torch.randn(1, 50), cfg)[0]) < 50
+    for seed in (b"18446744073709551615", b"-9223372036854775808"):
+        body = b'{"prompt": "x", "temperature": 1, "seed": %s}' % seed
+        p = sampling_params(parse_body(body, CompletionRequest), 10, 100, defaults, 16)
+        assert Sequence([1], p, _CharDecoder(), frozenset()).generator is not None
+
+
 def test_unknown_fields_ignored():
     req = parse_body(
         b'{"prompt": "x", "frequency_penalty": 1, "whatever": {"a": 1}}', GenerateRequest
@@ -201,6 +252,25 @@ def test_flags_env_and_defaults():
     assert s.port == 9100  # the flag wins over the environment
     assert s.max_batch_size == 32 and s.served_model_name == "deepseek-r1"
     assert s.max_model_len == 0  # empty variable = default
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_bad_log_level_is_a_configuration_error(flag, capsys):
+    parser = argparse.ArgumentParser()
+    with pytest.raises(SystemExit) as exc:  # the environment is checked when adding arguments
+        add_serve_arguments(parser, env={} if flag else {"LOG_LEVEL": "verbose"})
+        parser.parse_args(["--log-level", "verbose"] if flag else [])
+    assert exc.value.code == 2
+    assert "log" in capsys.readouterr().err.lower()
+
+
+def test_log_level_choices_ignore_case():
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser, env={"LOG_LEVEL": "WARNING"})
+    assert settings_from_args(parser.parse_args([])).log_level == "warning"
+    for level in ("debug", "info", "warning", "error", "critical"):
+        assert settings_from_args(parser.parse_args(["--log-level", level])).log_level == level
+    assert settings_from_args(parser.parse_args(["--log-level", "Error"])).log_level == "error"
 
 
 # -- sequence: detokenisation and stop strings ------------------------------------------------
