@@ -16,13 +16,8 @@ export CONTAINERS_CONF := $(CURDIR)/tests/harness/containers.conf
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-ifeq ($(MOLECULE_DISTRO),ubuntu2204)
-export MOLECULE_IMAGE := docker.io/geerlingguy/docker-ubuntu2204-ansible:latest
-else ifeq ($(MOLECULE_DISTRO),ubuntu2404)
-export MOLECULE_IMAGE := docker.io/geerlingguy/docker-ubuntu2404-ansible:latest
-else ifeq ($(MOLECULE_DISTRO),debian12)
-export MOLECULE_IMAGE := localhost/llmfleet-debian12:latest
-else
+export MOLECULE_DISTRO
+ifeq ($(filter $(MOLECULE_DISTRO),debian12 ubuntu2204 ubuntu2404),)
 $(error MOLECULE_DISTRO must be debian12, ubuntu2204 or ubuntu2404, not '$(MOLECULE_DISTRO)')
 endif
 

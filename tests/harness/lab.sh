@@ -7,7 +7,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/tests/harness/containers.conf}"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
-export LLMFLEET_TEST_IMAGE="${MOLECULE_IMAGE:-localhost/llmfleet-debian12:latest}"
 PATH="$PWD/.venv/bin:$PATH"
 platforms=tests/harness/lab-platforms.yml
 inventory=inventories/lab
