@@ -9,12 +9,14 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +28,7 @@ from llmserve.errors import APIError, error_body
 from llmserve.loader import LoadedModel
 from llmserve.logs import request_id_var
 from llmserve.metrics import Metrics
+from llmserve.openai_format import Chunks, Envelope, usage
 from llmserve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -38,6 +41,7 @@ from llmserve.protocol import (
 from llmserve.ratelimit import RateLimiter
 from llmserve.redact import redact
 from llmserve.sequence import Event, Sequence
+from llmserve.streaming import EventStream, generation_failed, sse, stream_events
 
 log = logging.getLogger("llmserve.api")
 access_log = logging.getLogger("llmserve.access")
@@ -45,6 +49,9 @@ access_log = logging.getLogger("llmserve.access")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _QUIET_PATHS = {"/health", "/ready", "/metrics"}
 _INLINE_TOKENIZE_CHARS = 16_384
+
+Handler = Callable[[Request], Awaitable[Response]]
+_Req = TypeVar("_Req", bound=BaseModel)
 
 
 class ServiceState:
@@ -202,33 +209,8 @@ def _replay(chunks: list[bytes], disconnect: Message | None, receive: Receive) -
     return replay
 
 
-class _Stream(StreamingResponse):
-    """A streaming response that always runs its cleanup, even if never iterated."""
-
-    def __init__(self, content: AsyncIterator[str], cleanup: Callable[[], None]) -> None:
-        super().__init__(content, media_type="text/event-stream")
-        self.headers["cache-control"] = "no-cache"
-        self.headers["x-accel-buffering"] = "no"
-        self._cleanup = cleanup
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._cleanup()
-
-
-def _sse(obj: dict[str, Any]) -> str:
-    return "data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n\n"
-
-
-def _usage(seq: Sequence) -> dict[str, int]:
-    prompt, completion = len(seq.prompt_ids), len(seq.output_ids)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+def _include_usage(req: ChatCompletionRequest | CompletionRequest) -> bool:
+    return bool(req.stream_options and req.stream_options.include_usage)
 
 
 # -- application ------------------------------------------------------------------------------
@@ -320,11 +302,27 @@ def create_app(state: ServiceState) -> ASGIApp:
             return fn()
         return await asyncio.to_thread(fn)
 
-    def log_prompt(kind: str, text: str) -> None:
+    async def start(
+        kind: str,
+        req: ChatCompletionRequest | CompletionRequest | GenerateRequest,
+        loaded: LoadedModel,
+        prompt_ids: list[int],
+        text: str,
+        default_max_tokens: int | None,
+        max_tokens: int | None = None,
+    ) -> Sequence:
+        """Check the sampling settings, log the prompt if asked to and submit the sequence."""
+        params = sampling_params(
+            req,
+            len(prompt_ids),
+            loaded.max_model_len,
+            state.defaults,
+            default_max_tokens,
+            max_tokens,
+            vocab_size=int(loaded.model.config.vocab_size),
+        )
         if settings.log_prompts:
             log.info("prompt", extra={"endpoint": kind, "prompt": redact(text)})
-
-    async def start(prompt_ids: list[int], params: Any) -> Sequence:
         engine = state.engine
         assert engine is not None
         seq = engine.new_sequence(prompt_ids, params, request_id_var.get())
@@ -369,43 +367,15 @@ def create_app(state: ServiceState) -> ASGIApp:
             if not seq.finished:
                 engine.cancel(seq)
 
-    def failed(event: Event) -> APIError:
-        return APIError(
-            503,
-            event.error or "generation failed",
-            code="generation_failed",
-            headers={"Retry-After": "1"},
-        )
+    async def finished(request: Request, seq: Sequence) -> tuple[str, Event]:
+        """The whole output and the finish event; a failed generation raises."""
+        out, event = await collect(request, seq)
+        if event.kind == "error":
+            raise generation_failed(event)
+        return out, event
 
-    async def stream_events(
-        seq: Sequence,
-        on_delta: Callable[[str], dict[str, Any]],
-        on_finish: Callable[[str], list[dict[str, Any]]],
-    ) -> AsyncIterator[str]:
-        while True:
-            event = await seq.queue.get()
-            text = ""
-            # Coalesce what has piled up since the last write.
-            while event.kind == "delta":
-                text += event.text
-                if seq.queue.empty():
-                    break
-                event = seq.queue.get_nowait()
-            if text:
-                yield _sse(on_delta(text))
-            if event.kind == "delta":
-                continue
-            if event.kind == "error":
-                err = failed(event)
-                yield _sse(err.body())
-                yield "data: [DONE]\n\n"
-                return
-            for chunk in on_finish(event.finish_reason or "stop"):
-                yield _sse(chunk)
-            yield "data: [DONE]\n\n"
-            return
-
-    def streaming(seq: Sequence, body: Callable[[], AsyncIterator[str]]) -> _Stream:
+    def streaming(seq: Sequence, chunks: Chunks, opening: dict[str, Any] | None) -> EventStream:
+        """Stream the chunks, `opening` first when given; cleanup cancels and releases."""
         engine = state.engine
         assert engine is not None
         released = False
@@ -418,7 +388,13 @@ def create_app(state: ServiceState) -> ASGIApp:
                 released = True
                 state.release()
 
-        return _Stream(body(), cleanup)
+        async def body() -> AsyncIterator[str]:
+            if opening is not None:
+                yield sse(chunks.chunk(opening))
+            async for piece in stream_events(seq, chunks.delta, chunks.finish):
+                yield piece
+
+        return EventStream(body(), cleanup)
 
     async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
         state.acquire()
@@ -432,9 +408,30 @@ def create_app(state: ServiceState) -> ASGIApp:
         except BaseException:
             state.release()
             raise
-        if not isinstance(response, _Stream):
+        if not isinstance(response, EventStream):
             state.release()
         return response
+
+    def guarded_post(path: str) -> Callable[[Handler], Handler]:
+        """Register a generation endpoint: guard, then run it holding an in-flight slot."""
+
+        def register(handler: Handler) -> Handler:
+            async def endpoint(request: Request) -> Response:
+                guard(request)
+                return await guarded(lambda: handler(request))
+
+            app.post(path, name=handler.__name__)(endpoint)
+            return handler
+
+        return register
+
+    async def read(request: Request, model: type[_Req]) -> tuple[bytes, _Req, LoadedModel]:
+        """The raw body, the validated request and the loaded model."""
+        raw = await request.body()
+        req: _Req = parse_body(raw, model)
+        loaded = state.loaded
+        assert loaded is not None
+        return raw, req, loaded
 
     # -- OpenAI endpoints ---------------------------------------------------------------------
     @app.get("/v1/models")
@@ -455,17 +452,10 @@ def create_app(state: ServiceState) -> ASGIApp:
             ],
         }
 
-    @app.post("/v1/chat/completions")
+    @guarded_post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        guard(request)
-        return await guarded(lambda: _chat(request))
-
-    async def _chat(request: Request) -> Response:
-        raw = await request.body()
-        req: ChatCompletionRequest = parse_body(raw, ChatCompletionRequest)
+        raw, req, loaded = await read(request, ChatCompletionRequest)
         check_model(req.model)
-        loaded = state.loaded
-        assert loaded is not None
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         for m in messages:
             if m["role"] == "developer":
@@ -484,90 +474,28 @@ def create_app(state: ServiceState) -> ASGIApp:
             return text, ids
 
         text, ids = await run_in_thread(encode, len(raw))
-        params = sampling_params(
-            req,
-            len(ids),
-            loaded.max_model_len,
-            state.defaults,
-            None,
-            req.max_completion_tokens if req.max_tokens is None else req.max_tokens,
-            vocab_size=int(loaded.model.config.vocab_size),
+        max_tokens = req.max_completion_tokens if req.max_tokens is None else req.max_tokens
+        seq = await start("chat", req, loaded, ids, text, None, max_tokens)
+        envelope = Envelope(
+            "chatcmpl-" + uuid.uuid4().hex, "chat.completion", settings.served_model_name
         )
-        log_prompt("chat", text)
-        seq = await start(ids, params)
-        cid = "chatcmpl-" + uuid.uuid4().hex
-        name = settings.served_model_name
         if not req.stream:
-            out, event = await collect(request, seq)
-            if event.kind == "error":
-                raise failed(event)
-            return JSONResponse(
-                {
-                    "id": cid,
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": name,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": out},
-                            "logprobs": None,
-                            "finish_reason": event.finish_reason,
-                        }
-                    ],
-                    "usage": _usage(seq),
-                }
-            )
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        created = int(time.time())
+            out, event = await finished(request, seq)
+            message = {"role": "assistant", "content": out}
+            return JSONResponse(envelope.response({"message": message}, event.finish_reason, seq))
+        chunks = Chunks(
+            replace(envelope, object="chat.completion.chunk"),
+            seq,
+            lambda text: {"delta": {"content": text}},
+            {"delta": {}},
+            _include_usage(req),
+        )
+        return streaming(seq, chunks, {"delta": {"role": "assistant", "content": ""}})
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-            body: dict[str, Any] = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": name,
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                ],
-            }
-            if include_usage:
-                body["usage"] = None
-            return body
-
-        def finish(reason: str) -> list[dict[str, Any]]:
-            out = [chunk({}, reason)]
-            if include_usage:
-                out.append(
-                    {
-                        "id": cid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": name,
-                        "choices": [],
-                        "usage": _usage(seq),
-                    }
-                )
-            return out
-
-        async def body() -> AsyncIterator[str]:
-            yield _sse(chunk({"role": "assistant", "content": ""}, None))
-            async for piece in stream_events(seq, lambda t: chunk({"content": t}, None), finish):
-                yield piece
-
-        return streaming(seq, body)
-
-    @app.post("/v1/completions")
+    @guarded_post("/v1/completions")
     async def completions(request: Request) -> Response:
-        guard(request)
-        return await guarded(lambda: _completions(request))
-
-    async def _completions(request: Request) -> Response:
-        raw = await request.body()
-        req: CompletionRequest = parse_body(raw, CompletionRequest)
+        raw, req, loaded = await read(request, CompletionRequest)
         check_model(req.model)
-        loaded = state.loaded
-        assert loaded is not None
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
@@ -586,106 +514,29 @@ def create_app(state: ServiceState) -> ASGIApp:
             ids = await run_in_thread(
                 lambda: loaded.tokenizer.backend_tokenizer.encode(text).ids, len(raw)
             )
-        params = sampling_params(
-            req,
-            len(ids),
-            loaded.max_model_len,
-            state.defaults,
-            16,
-            vocab_size=int(loaded.model.config.vocab_size),
+        seq = await start("completions", req, loaded, ids, text, 16)
+        envelope = Envelope(
+            "cmpl-" + uuid.uuid4().hex, "text_completion", settings.served_model_name
         )
-        log_prompt("completions", text)
-        seq = await start(ids, params)
-        cid = "cmpl-" + uuid.uuid4().hex
-        name = settings.served_model_name
         prefix = text if req.echo else ""
         if not req.stream:
-            out, event = await collect(request, seq)
-            if event.kind == "error":
-                raise failed(event)
-            return JSONResponse(
-                {
-                    "id": cid,
-                    "object": "text_completion",
-                    "created": int(time.time()),
-                    "model": name,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "text": prefix + out,
-                            "logprobs": None,
-                            "finish_reason": event.finish_reason,
-                        }
-                    ],
-                    "usage": _usage(seq),
-                }
-            )
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        created = int(time.time())
+            out, event = await finished(request, seq)
+            return JSONResponse(envelope.response({"text": prefix + out}, event.finish_reason, seq))
+        chunks = Chunks(
+            envelope, seq, lambda text: {"text": text}, {"text": ""}, _include_usage(req)
+        )
+        return streaming(seq, chunks, {"text": prefix} if prefix else None)
 
-        def chunk(text: str, finish: str | None) -> dict[str, Any]:
-            body: dict[str, Any] = {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": name,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            }
-            if include_usage:
-                body["usage"] = None
-            return body
-
-        def finish(reason: str) -> list[dict[str, Any]]:
-            out = [chunk("", reason)]
-            if include_usage:
-                out.append(
-                    {
-                        "id": cid,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": name,
-                        "choices": [],
-                        "usage": _usage(seq),
-                    }
-                )
-            return out
-
-        async def body() -> AsyncIterator[str]:
-            if prefix:
-                yield _sse(chunk(prefix, None))
-            async for piece in stream_events(seq, lambda t: chunk(t, None), finish):
-                yield piece
-
-        return streaming(seq, body)
-
-    @app.post("/generate")
+    @guarded_post("/generate")
     async def generate(request: Request) -> Response:
-        guard(request)
-        return await guarded(lambda: _generate(request))
-
-    async def _generate(request: Request) -> Response:
-        raw = await request.body()
-        req: GenerateRequest = parse_body(raw, GenerateRequest)
-        loaded = state.loaded
-        assert loaded is not None
+        raw, req, loaded = await read(request, GenerateRequest)
         ids = await run_in_thread(
             lambda: loaded.tokenizer.backend_tokenizer.encode(req.prompt).ids, len(raw)
         )
-        params = sampling_params(
-            req,
-            len(ids),
-            loaded.max_model_len,
-            state.defaults,
-            16,
-            vocab_size=int(loaded.model.config.vocab_size),
-        )
-        log_prompt("generate", req.prompt)
-        seq = await start(ids, params)
-        out, event = await collect(request, seq)
-        if event.kind == "error":
-            raise failed(event)
+        seq = await start("generate", req, loaded, ids, req.prompt, 16)
+        out, event = await finished(request, seq)
         return JSONResponse(
-            {"output": out, "finish_reason": event.finish_reason, "usage": _usage(seq)}
+            {"output": out, "finish_reason": event.finish_reason, "usage": usage(seq)}
         )
 
     if settings.enable_fault_injection:

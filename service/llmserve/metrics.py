@@ -42,6 +42,46 @@ _LATENCY_BUCKETS = (
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
+# (attribute on Metrics, metric name, help, buckets)
+_HISTOGRAMS: tuple[tuple[str, str, str, tuple[float, ...]], ...] = (
+    (
+        "ttft",
+        "llmserve_time_to_first_token_seconds",
+        "Time from arrival to the first generated token",
+        _LATENCY_BUCKETS,
+    ),
+    (
+        "itl",
+        "llmserve_inter_token_latency_seconds",
+        "Time between consecutive generated tokens of a request",
+        _ITL_BUCKETS,
+    ),
+    (
+        "e2e",
+        "llmserve_e2e_request_latency_seconds",
+        "Time from arrival to the last token",
+        _LATENCY_BUCKETS,
+    ),
+    (
+        "inference_latency",
+        "model_inference_latency_seconds",
+        "End-to-end request latency (same observations as llmserve_e2e_request_latency)",
+        _LATENCY_BUCKETS,
+    ),
+    (
+        "queue_time",
+        "llmserve_request_queue_time_seconds",
+        "Time a request waited before joining the batch",
+        _LATENCY_BUCKETS,
+    ),
+    (
+        "batch_size",
+        "llmserve_batch_size",
+        "Rows in each forward pass of the decode loop",
+        _BATCH_BUCKETS,
+    ),
+)
+
 
 class NvmlCollector(Collector):
     """GPU utilisation and memory from NVML; yields nothing when there is no GPU."""
@@ -94,6 +134,14 @@ class NvmlCollector(Collector):
 class Metrics:
     """All service metrics, on a registry of their own."""
 
+    # Filled from _HISTOGRAMS.
+    ttft: Histogram
+    itl: Histogram
+    e2e: Histogram
+    inference_latency: Histogram
+    queue_time: Histogram
+    batch_size: Histogram
+
     def __init__(self, registry: CollectorRegistry | None = None, nvml: bool = True) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -127,42 +175,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.ttft = Histogram(
-            "llmserve_time_to_first_token_seconds",
-            "Time from arrival to the first generated token",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.itl = Histogram(
-            "llmserve_inter_token_latency_seconds",
-            "Time between consecutive generated tokens of a request",
-            buckets=_ITL_BUCKETS,
-            registry=r,
-        )
-        self.e2e = Histogram(
-            "llmserve_e2e_request_latency_seconds",
-            "Time from arrival to the last token",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.inference_latency = Histogram(
-            "model_inference_latency_seconds",
-            "End-to-end request latency (same observations as llmserve_e2e_request_latency)",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue_time = Histogram(
-            "llmserve_request_queue_time_seconds",
-            "Time a request waited before joining the batch",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "llmserve_batch_size",
-            "Rows in each forward pass of the decode loop",
-            buckets=_BATCH_BUCKETS,
-            registry=r,
-        )
+        for attr, name, doc, buckets in _HISTOGRAMS:
+            setattr(self, attr, Histogram(name, doc, buckets=buckets, registry=r))
         self.model_info = Info("llmserve_model", "The loaded model", registry=r)
         self.cold_start = Gauge(
             "llmserve_cold_start_seconds",
