@@ -154,4 +154,5 @@ def test_image_builds_and_gets_ready(tiny_model, tmp_path):
         code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
         assert code == "0"
     finally:
-        podman("rm", "-f", name, check=False, timeout=60)
+        # -v: also the anonymous volume the image declares for /models.
+        podman("rm", "-f", "-v", name, check=False, timeout=60)
