@@ -57,6 +57,14 @@ for i in "${!names[@]}"; do
 done
 total=$((SECONDS - suite_start))
 printf '  %-24s %-8s %8s\n' total "" "$total"
+# The lines that say why, last, where a reader of only the end of the output sees them.
+for i in "${!names[@]}"; do
+  [[ ${results[$i]} == passed ]] && continue
+  log="reports/${names[$i]//:/-}.log"
+  echo
+  echo "Why ${names[$i]} failed ($log):"
+  grep -E 'fatal:|FAILED!|CRITICAL|ERROR|Error|error:|assert|Traceback|^E ' "$log" | tail -n 15 | cut -c1-400
+done
 echo "Logs: reports/"
 echo "steps: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
