@@ -71,3 +71,38 @@ def test_bad_value_fails_fast(role: Path, tmp_path: Path) -> None:
     assert name in output, f"{role.name}: the error does not name {name}:\n{output[-2000:]}"
     assert "Validating arguments against arg spec" in output
     assert "changed=" in output and "changed=0" in output
+
+
+def test_peer_without_address_is_named(tmp_path: Path) -> None:
+    """A load balancer whose peer has no known address stops, naming the peer."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "lb:\n  hosts:\n"
+        f"    lb1: {{ansible_connection: local, ansible_python_interpreter: {sys.executable}}}\n"
+        "    lb2: {ansible_host: 192.0.2.12}\n",
+        encoding="utf-8",
+    )
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        "- hosts: lb1\n  gather_facts: true\n  roles:\n    - role: keepalived\n"
+        "      keepalived_virtual_ipaddresses: [192.0.2.100/24]\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(inventory), "--check", str(playbook)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+            # Facts of lb2 from an earlier lab run must not stand in for the missing ones.
+            "ANSIBLE_CACHE_PLUGIN": "memory",
+        },
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert "no address for the peer(s) ['lb2']" in output, output[-2000:]
+    assert "keepalived_unicast_src_ip" in output
