@@ -56,7 +56,7 @@ class Server:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
-    def wait_ready(self, timeout: float = 90.0) -> float:
+    def wait_ready(self, timeout: float = 300.0) -> float:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -137,8 +137,10 @@ def open_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     srv = Server(
         tiny_model,
         log,
+        # Slow refill (one token per 20 s), so a slow machine cannot refill the bucket
+        # between the requests of test_rate_limit_per_ip.
         "--rate-limit-rps",
-        "0.5",
+        "0.05",
         "--rate-limit-burst",
         "3",
         "--max-batch-size",
