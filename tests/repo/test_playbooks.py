@@ -56,3 +56,33 @@ def test_prod_uses_documentation_addresses() -> None:
         assert any(addr in net for net in DOC_RANGES), (
             f"{host}: {addr} is not a documentation address"
         )
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"drain_host": "lb1"}, "drain_host"),
+        ({"drain_host": "gpu1", "drain_action": "off"}, "drain_action"),
+    ],
+)
+def test_drain_refuses_a_bad_request(extra: dict[str, str], named: str) -> None:
+    """drain.yml stops before touching any host when asked for a host or action it cannot do."""
+    result = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "inventories/lab",
+            "playbooks/drain.yml",
+            "-e",
+            json.dumps({**extra, "ansible_python_interpreter": sys.executable}),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert f"{named} must be" in output, output[-2000:]
+    assert "Move the inference host" not in output
