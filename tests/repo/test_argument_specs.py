@@ -36,6 +36,24 @@ def bad_value_for(role: Path) -> tuple[str, object]:
     pytest.skip(f"{role.name}: no typed option to break")
 
 
+def run_playbook(*args: str) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook --check with this repository's config and roles, no cached facts."""
+    return subprocess.run(
+        [str(BIN / "ansible-playbook"), "--check", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+            # Facts from an earlier lab run must not stand in for missing ones.
+            "ANSIBLE_CACHE_PLUGIN": "memory",
+        },
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize("role", role_dirs(), ids=[r.name for r in role_dirs()])
 def test_bad_value_fails_fast(role: Path, tmp_path: Path) -> None:
     name, value = bad_value_for(role)
@@ -44,28 +62,8 @@ def test_bad_value_fails_fast(role: Path, tmp_path: Path) -> None:
         f"- hosts: localhost\n  gather_facts: true\n  roles:\n    - role: {role.name}\n",
         encoding="utf-8",
     )
-    result = subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "--check",
-            "-e",
-            json.dumps({name: value, "ansible_python_interpreter": sys.executable}),
-            str(playbook),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-        },
-        timeout=120,
-    )
+    extra = json.dumps({name: value, "ansible_python_interpreter": sys.executable})
+    result = run_playbook("-i", "localhost,", "-c", "local", "-e", extra, str(playbook))
     output = result.stdout + result.stderr
     assert result.returncode != 0, f"{role.name}: {name}={value!r} was accepted"
     assert name in output, f"{role.name}: the error does not name {name}:\n{output[-2000:]}"
@@ -88,20 +86,7 @@ def test_peer_without_address_is_named(tmp_path: Path) -> None:
         "      keepalived_virtual_ipaddresses: [192.0.2.100/24]\n",
         encoding="utf-8",
     )
-    result = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), "--check", str(playbook)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-            # Facts of lb2 from an earlier lab run must not stand in for the missing ones.
-            "ANSIBLE_CACHE_PLUGIN": "memory",
-        },
-        timeout=120,
-    )
+    result = run_playbook("-i", str(inventory), str(playbook))
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-2000:]
     assert "no address for the peer(s) ['lb2']" in output, output[-2000:]
