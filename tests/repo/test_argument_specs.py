@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, role_dirs
-
-BIN = Path(sys.executable).parent
+from .conftest import role_dirs
+from .playbook_runner import run_playbook
 
 # One wrong value per role: (variable, value). Roles not listed get a wrong type
 # for their first list or bool default, derived below.
@@ -36,22 +32,15 @@ def bad_value_for(role: Path) -> tuple[str, object]:
     pytest.skip(f"{role.name}: no typed option to break")
 
 
-def run_playbook(*args: str) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook --check with this repository's config and roles, no cached facts."""
-    return subprocess.run(
-        [str(BIN / "ansible-playbook"), "--check", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-            # Facts from an earlier lab run must not stand in for missing ones.
-            "ANSIBLE_CACHE_PLUGIN": "memory",
-        },
-        timeout=120,
-    )
+# This machine, driven with the interpreter of the tests.
+LOCAL = f"{{ansible_connection: local, ansible_python_interpreter: {sys.executable}}}"
+
+
+def local_inventory(tmp_path: Path, text: str | None = None) -> Path:
+    """An inventory file; by default localhost alone, reached without ssh."""
+    path = tmp_path / "hosts.yml"
+    path.write_text(text or f"all:\n  hosts:\n    localhost: {LOCAL}\n", encoding="utf-8")
+    return path
 
 
 @pytest.mark.parametrize("role", role_dirs(), ids=[r.name for r in role_dirs()])
@@ -62,23 +51,27 @@ def test_bad_value_fails_fast(role: Path, tmp_path: Path) -> None:
         f"- hosts: localhost\n  gather_facts: true\n  roles:\n    - role: {role.name}\n",
         encoding="utf-8",
     )
-    extra = json.dumps({name: value, "ansible_python_interpreter": sys.executable})
-    result = run_playbook("-i", "localhost,", "-c", "local", "-e", extra, str(playbook))
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, f"{role.name}: {name}={value!r} was accepted"
-    assert name in output, f"{role.name}: the error does not name {name}:\n{output[-2000:]}"
-    assert "Validating arguments against arg spec" in output
-    assert "changed=" in output and "changed=0" in output
+    result = run_playbook(
+        tmp_path / "runner",
+        playbook,
+        inventory=local_inventory(tmp_path),
+        extravars={name: value},
+        cmdline=["--check"],
+    )
+    assert result.rc != 0, f"{role.name}: {name}={value!r} was accepted"
+    assert len(result.failed) == 1, result.tail()
+    refusal = result.failed[0]
+    assert refusal.task.startswith("Validating arguments against arg spec"), refusal
+    assert name in refusal.msg, f"{role.name}: the error does not name {name}: {refusal.msg}"
+    # The refusal ends the run, and nothing changed before it.
+    assert result.tasks_run[-1] == refusal.task, result.tasks_run
+    assert result.changed == []
 
 
 def test_peer_without_address_is_named(tmp_path: Path) -> None:
     """A load balancer whose peer has no known address stops, naming the peer."""
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "lb:\n  hosts:\n"
-        f"    lb1: {{ansible_connection: local, ansible_python_interpreter: {sys.executable}}}\n"
-        "    lb2: {ansible_host: 192.0.2.12}\n",
-        encoding="utf-8",
+    inventory = local_inventory(
+        tmp_path, f"lb:\n  hosts:\n    lb1: {LOCAL}\n    lb2: {{ansible_host: 192.0.2.12}}\n"
     )
     playbook = tmp_path / "play.yml"
     playbook.write_text(
@@ -86,8 +79,12 @@ def test_peer_without_address_is_named(tmp_path: Path) -> None:
         "      keepalived_virtual_ipaddresses: [192.0.2.100/24]\n",
         encoding="utf-8",
     )
-    result = run_playbook("-i", str(inventory), str(playbook))
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output[-2000:]
-    assert "no address for the peer(s) ['lb2']" in output, output[-2000:]
-    assert "keepalived_unicast_src_ip" in output
+    result = run_playbook(tmp_path / "runner", playbook, inventory=inventory, cmdline=["--check"])
+    assert result.rc != 0, result.tail()
+    assert [(r.host, r.task) for r in result.failed] == [
+        ("lb1", "Check that every unicast peer has an address")
+    ], result.tail()
+    msg = result.failed[0].msg
+    assert "no address for the peer(s) ['lb2']" in msg, msg
+    assert "keepalived_unicast_src_ip" in msg
+    assert result.changed == []
