@@ -3,7 +3,7 @@
 # first, multi-host ones after.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-order=(common nginx keepalived llmserve ha_pair rolling_update lab)
+order=(common nginx llmserve ha_pair rolling_update)
 declare -A seen=()
 for s in "${order[@]}"; do
   if [[ -f molecule/$s/molecule.yml ]]; then echo "$s"; seen[$s]=1; fi

@@ -6,7 +6,8 @@ Speaks the parts of the service's HTTP API that the load balancer cares about:
   GET  /health                 200 {"status": "ok"}
   GET  /v1/models              model list
   POST /v1/chat/completions    JSON answer, or server-sent events with "stream": true,
-                               one event every --stream-delay seconds, ending "data: [DONE]"
+                               one event every --stream-delay seconds, ending "data: [DONE]";
+                               a "fake_delay" field (seconds, at most 5) delays the JSON answer
 Every answer names the backend and echoes the X-Request-ID it received.
 """
 
@@ -78,6 +79,9 @@ class Handler(BaseHTTPRequestHandler):
         if request.get("stream"):
             self._stream()
         else:
+            delay = request.get("fake_delay", 0)
+            if isinstance(delay, (int, float)) and 0 < delay <= 5:
+                time.sleep(delay)
             self._send_json(
                 200,
                 {
