@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a JSON object; repeat to add more (later ones win)",
     )
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--diff", action="store_true")
     parser.add_argument("--tags")
     parser.add_argument("--limit")
     parser.add_argument("--out", required=True, type=Path, help="where the JSON summary goes")
@@ -98,7 +99,10 @@ def run(args: argparse.Namespace, private_data_dir: str) -> dict[str, Any]:
         playbook=str(args.playbook.resolve()),
         inventory=str(args.inventory.resolve()),
         extravars=extravars,
-        cmdline="--check" if args.check else None,
+        cmdline=" ".join(
+            flag for flag, on in (("--check", args.check), ("--diff", args.diff)) if on
+        )
+        or None,
         tags=args.tags,
         limit=args.limit,
         # ansible-playbook from this interpreter's environment, whatever PATH says.
