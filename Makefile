@@ -71,6 +71,10 @@ molecule: setup ## One scenario: make molecule SCENARIO=common [MOLECULE_DISTRO=
 molecule-all: setup ## Every Molecule scenario
 	@for s in $$(tests/harness/scenarios.sh); do $(BIN)/molecule test -s $$s || exit 1; done
 
+.PHONY: measure
+measure: setup ## Failover figures: ha_pair with 5 nginx-stop and 3 path-cut runs (reports/ha_pair-failover.json)
+	FAILOVER_NGINX_RUNS=5 FAILOVER_PATH_RUNS=3 $(BIN)/molecule test -s ha_pair
+
 .PHONY: test
 test: ## Everything CI runs, with a summary at the end
 	@start=$$SECONDS; $(MAKE) --no-print-directory setup || exit 1; \
