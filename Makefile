@@ -56,8 +56,8 @@ setup: system-packages venv image ## Everything the tests and the lab need
 lint: venv ## ansible-lint (production), yamllint, ruff
 	$(BIN)/ansible-lint
 	$(BIN)/yamllint -s .
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests molecule/shared/files
+	$(BIN)/ruff format --check service tests molecule/shared/files
 
 .PHONY: unit
 unit: venv ## pytest: the service and repository checks

@@ -10,7 +10,7 @@ mkdir -p reports
 steps=(
   "ansible-lint|$bin/ansible-lint"
   "yamllint|$bin/yamllint -s ."
-  "ruff|$bin/ruff check service tests && $bin/ruff format --check service tests"
+  "ruff|$bin/ruff check service tests molecule/shared/files && $bin/ruff format --check service tests molecule/shared/files"
   "pytest|$bin/pytest"
 )
 for s in $(tests/harness/scenarios.sh); do
