@@ -44,6 +44,8 @@ class Settings:
     max_queue: int = 256
     max_model_len: int = 0
     max_prefill_tokens: int = 8192
+    engine_stall_timeout: float = 60.0
+    engine_max_failures: int = 3
     precision: str = "auto"
     threads: int = 0
     api_keys_file: str = ""
@@ -86,6 +88,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_queue", "MAX_QUEUE", int, "most requests waiting for a batch slot (then 429)"),
     Option("max_model_len", "MAX_MODEL_LEN", int, "context limit; 0 = the model's"),
     Option("max_prefill_tokens", "MAX_PREFILL_TOKENS", int, "prompt tokens per prefill pass"),
+    Option(
+        "engine_stall_timeout",
+        "ENGINE_STALL_TIMEOUT",
+        float,
+        "seconds without engine progress, with work pending, before /ready turns 503; 0 = off",
+    ),
+    Option(
+        "engine_max_failures",
+        "ENGINE_MAX_FAILURES",
+        int,
+        "engine steps failing in a row before /ready turns 503; 0 = off",
+    ),
     Option("precision", "PRECISION", str, "weights precision", PRECISIONS),
     Option("threads", "TORCH_THREADS", int, "CPU threads for torch; 0 = available cores"),
     Option("api_keys_file", "API_KEYS_FILE", str, "file with one API key per line"),
@@ -109,7 +123,7 @@ OPTIONS: tuple[Option, ...] = (
         "enable_fault_injection",
         "ENABLE_FAULT_INJECTION",
         parse_bool,
-        "expose POST /debug/fault to make forward passes fail (testing only)",
+        "expose POST /debug/fault to make engine steps fail or stall (testing only)",
     ),
 )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -184,12 +184,39 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("llmserve_ready", "1 when /ready answers 200", registry=r)
+        self.engine_failures = Counter(
+            "llmserve_engine_step_failures",
+            "Engine steps that failed, by stage",
+            ["stage"],
+            registry=r,
+        )
+        self.engine_heartbeat_age = Gauge(
+            "llmserve_engine_heartbeat_age_seconds",
+            "Seconds since the engine loop last made progress",
+            registry=r,
+        )
+        self.engine_consecutive_failures = Gauge(
+            "llmserve_engine_consecutive_failures",
+            "Engine steps in a row that failed (0 after a step that succeeds)",
+            registry=r,
+        )
         self.nvml: NvmlCollector | None = None
         if nvml:
             collector = NvmlCollector()
             if collector.available:
                 r.register(collector)
                 self.nvml = collector
+
+    def watch(
+        self,
+        ready: Callable[[], bool],
+        heartbeat_age: Callable[[], float],
+        consecutive_failures: Callable[[], int],
+    ) -> None:
+        """Gauges read at scrape time."""
+        self.ready.set_function(lambda: float(ready()))
+        self.engine_heartbeat_age.set_function(heartbeat_age)
+        self.engine_consecutive_failures.set_function(lambda: float(consecutive_failures()))
 
     def observe_e2e(self, seconds: float) -> None:
         self.e2e.observe(seconds)

@@ -1,56 +1,110 @@
-"""Request bodies and their validation into prompt tokens plus sampling parameters."""
+"""Request bodies of the API.
+
+The OpenAI endpoints are strict: every field of OpenAI's chat and completions requests is
+declared with its type, and is either honoured or, when this server does not implement it,
+accepted only with the value that leaves it off (`Only`); anything else, an unknown field
+included, is a 400 naming it. Types are strict too: `"5"` is not a number and `1` is not a
+boolean. `/generate` is the service's own endpoint and ignores fields it does not know.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmserve.errors import APIError
-from llmserve.sequence import SamplingParams
+from llmserve.unsupported import Only, is_empty, is_false, is_one, is_zero, never, one_of
 
-MAX_STOP_STRINGS = 16
-MAX_STOP_LENGTH = 256
 # Integer sampling fields end up in int64 tensors or C counters in the engine: bound them here
 # so an absurd value is a 400 naming the field instead of an overflow inside the engine.
 MAX_INT_PARAM = 2**31 - 1
+MAX_ID_CHARS = 256
+
+_NO_TOOLS = "this server does not call tools; only null or an empty list is accepted"
+_ONLY_NULL = "only null is accepted"
+_ONLY_ZERO = "only 0 is accepted"
+_ONLY_FALSE = "only false is accepted"
+_ONLY_EMPTY = "only an empty object is accepted"
+
+Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0), Only(is_zero, _ONLY_ZERO)]
+NotImplementedObject = Annotated[dict[str, Any] | None, Only(never, _ONLY_NULL)]
+Identifier = Annotated[str | None, Field(max_length=MAX_ID_CHARS)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    def check(self) -> None:
+        """Rules that involve more than one field; raise `APIError`."""
 
 
-class StreamOptions(_Model):
-    include_usage: bool = False
+class StreamOptions(StrictModel):
+    include_usage: bool | None = False
+    include_obfuscation: Annotated[bool | None, Only(is_false, _ONLY_FALSE)] = None
 
 
-class _Sampling(_Model):
-    model: str | None = None
+class SamplingFields(StrictModel):
+    """The fields every generation endpoint honours."""
+
+    model: Identifier = None
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT_PARAM)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1, le=MAX_INT_PARAM)
     stop: str | list[str] | None = None
     # The range torch.Generator.manual_seed accepts.
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
-    n: int | None = None
-    stream: bool = False
+    n: Annotated[
+        int | None, Only(is_one, "only n=1 is supported: this server returns one choice")
+    ] = None
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    # Extensions (as in vLLM): fixed-length outputs for benchmarks and tests.
-    ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0, le=MAX_INT_PARAM)
+    # Extensions (as in vLLM): top-k sampling, fixed-length outputs for benchmarks.
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_INT_PARAM)
+    ignore_eos: bool | None = False
+    min_tokens: int | None = Field(default=0, ge=0, le=MAX_INT_PARAM)
+
+    def check(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise APIError(
+                400,
+                "'stream_options' is only allowed when 'stream' is true.",
+                param="stream_options",
+            )
 
 
-class TextPart(_Model):
-    type: Literal["text"]
+class _OpenAIFields(SamplingFields):
+    """Fields the chat and completions endpoints share beyond sampling."""
+
+    # An end-user identifier: recorded in the request's log line.
+    user: Identifier = None
+    frequency_penalty: Penalty = None
+    presence_penalty: Penalty = None
+    logit_bias: Annotated[dict[str, float] | None, Only(is_empty, _ONLY_EMPTY)] = None
+
+
+class TextPart(StrictModel):
+    type: Annotated[str, Only(one_of("text"), "only content parts of type 'text' are accepted")]
     text: str
 
 
-class ChatMessage(_Model):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+_TOOL_ROLES = "tool and function messages need tool calling, which this server does not implement"
+
+
+class ChatMessage(StrictModel):
+    role: Annotated[
+        Literal["system", "developer", "user", "assistant", "tool", "function"],
+        Only(one_of("system", "developer", "user", "assistant"), _TOOL_ROLES),
+    ]
     content: str | list[TextPart] | None = None
+    name: Annotated[
+        str | None, Only(never, "the chat template has no place for names; only null is accepted")
+    ] = None
+    refusal: Annotated[str | None, Only(never, _ONLY_NULL)] = None
+    tool_calls: Annotated[list[dict[str, Any]] | None, Only(is_empty, _NO_TOOLS)] = None
+    function_call: NotImplementedObject = None
+    tool_call_id: Annotated[str | None, Only(never, _NO_TOOLS)] = None
+    audio: NotImplementedObject = None
 
     def text(self) -> str:
         if self.content is None:
@@ -60,130 +114,96 @@ class ChatMessage(_Model):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(_Sampling):
+class ResponseFormat(StrictModel):
+    type: Annotated[
+        Literal["text", "json_object", "json_schema"],
+        Only(one_of("text"), 'only {"type": "text"} is accepted (no structured output)'),
+    ]
+    json_schema: NotImplementedObject = None
+
+
+class ChatCompletionRequest(_OpenAIFields):
+    """POST /v1/chat/completions."""
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT_PARAM)
+    # Like `user`: recorded in the request's log line.
+    safety_identifier: Identifier = None
+    # Without tools there is nothing to call, so both values hold.
+    parallel_tool_calls: bool | None = None
+    logprobs: Annotated[bool | None, Only(is_false, _ONLY_FALSE)] = None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20), Only(is_zero, _ONLY_ZERO)] = None
+    tools: Annotated[list[dict[str, Any]] | None, Only(is_empty, _NO_TOOLS)] = None
+    tool_choice: Annotated[
+        str | dict[str, Any] | None,
+        Only(one_of("none", "auto"), "only 'none' or 'auto' is accepted (no tools)"),
+    ] = None
+    functions: Annotated[list[dict[str, Any]] | None, Only(is_empty, _NO_TOOLS)] = None
+    function_call: Annotated[
+        str | dict[str, Any] | None,
+        Only(one_of("none", "auto"), "only 'none' or 'auto' is accepted (no tools)"),
+    ] = None
+    response_format: ResponseFormat | None = None
+    modalities: Annotated[list[str] | None, Only(one_of(["text"]), 'only ["text"] is accepted')] = (
+        None
+    )
+    audio: NotImplementedObject = None
+    prediction: NotImplementedObject = None
+    web_search_options: NotImplementedObject = None
+    metadata: Annotated[
+        dict[str, str] | None, Only(is_empty, "nothing is stored; only an empty object is accepted")
+    ] = None
+    store: Annotated[bool | None, Only(is_false, "nothing is stored; only false is accepted")] = (
+        None
+    )
+    service_tier: Annotated[
+        str | None, Only(one_of("auto", "default"), "only 'auto' or 'default' is accepted")
+    ] = None
+    reasoning_effort: Annotated[str | None, Only(never, _ONLY_NULL)] = None
+    verbosity: Annotated[str | None, Only(never, _ONLY_NULL)] = None
+    prompt_cache_key: Annotated[
+        str | None, Only(never, "there is no prompt cache; only null is accepted")
+    ] = None
+
+    def check(self) -> None:
+        super().check()
+        both = self.max_tokens is not None and self.max_completion_tokens is not None
+        if both and self.max_tokens != self.max_completion_tokens:
+            raise APIError(
+                400,
+                "'max_tokens' and 'max_completion_tokens' differ; set one of them.",
+                param="max_completion_tokens",
+            )
 
 
-class CompletionRequest(_Sampling):
-    prompt: str | list[int] | list[str]
-    echo: bool = False
+class CompletionRequest(_OpenAIFields):
+    """POST /v1/completions. `prompt`: a string, token ids, or a list of one of either."""
+
+    prompt: str | list[int] | list[str] | list[list[int]]
+    echo: bool | None = False
+    best_of: Annotated[int | None, Only(is_one, "only 1 is accepted")] = None
+    logprobs: Annotated[int | None, Field(ge=0, le=5), Only(never, _ONLY_NULL)] = None
+    suffix: Annotated[str | None, Only(one_of(""), "only null or an empty string is accepted")] = (
+        None
+    )
 
 
-class GenerateRequest(_Sampling):
+class GenerateRequest(SamplingFields):
+    """POST /generate: a prompt string and any sampling field; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
     prompt: str
     max_tokens: int | None = Field(default=16, ge=1, le=MAX_INT_PARAM)
 
 
-def parse_body(raw: bytes, model: type[_Model]) -> Any:
-    """Decode JSON and validate it; every failure is a 400 in the OpenAI format."""
-    try:
-        data = json.loads(raw)
-    except UnicodeDecodeError as exc:
-        raise APIError(400, "Request body is not valid UTF-8.", code="invalid_json") from exc
-    except (ValueError, RecursionError) as exc:
-        raise APIError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(data, dict):
-        raise APIError(400, "Request body must be a JSON object.", code="invalid_json")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc.errors(include_url=False, include_input=False)) from exc
-    except RecursionError as exc:
-        raise APIError(400, "Request body is nested too deeply.") from exc
+REQUESTS: tuple[type[StrictModel], ...] = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateRequest,
+)
 
 
-def validation_error(errors: Any) -> APIError:
-    """Turn pydantic/FastAPI validation errors into one 400 naming the parameter."""
-    errors = list(errors)
-    if not errors:
-        return APIError(400, "Invalid request.")
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
-    param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid value"))
-    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
-    return APIError(400, f"Invalid value for '{param}': {msg}{more}", param=param)
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """Sampling defaults from the model's generation_config, used when a request omits them."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-
-    @classmethod
-    def from_generation_config(cls, cfg: Any) -> GenerationDefaults:
-        if cfg is None or not getattr(cfg, "do_sample", False):
-            return cls()
-        return cls(
-            temperature=float(getattr(cfg, "temperature", None) or 1.0),
-            top_p=float(getattr(cfg, "top_p", None) or 1.0),
-            top_k=0,
-        )
-
-
-def sampling_params(
-    req: _Sampling,
-    prompt_tokens: int,
-    max_model_len: int,
-    defaults: GenerationDefaults,
-    default_max_tokens: int | None,
-    max_tokens: int | None = None,
-    vocab_size: int | None = None,
-) -> SamplingParams:
-    """Check limits and build SamplingParams. `default_max_tokens` None = rest of context.
-
-    `vocab_size`, when given, caps top_k (a larger k keeps every token anyway).
-    """
-    if req.n is not None and req.n != 1:
-        raise APIError(400, "Only n=1 is supported: this server returns one choice.", param="n")
-    if prompt_tokens == 0:
-        raise APIError(400, "The prompt is empty.", param="prompt")
-    room = max_model_len - prompt_tokens
-    requested = max_tokens if max_tokens is not None else req.max_tokens
-    if requested is None:
-        requested = room if default_max_tokens is None else min(default_max_tokens, room)
-        if requested < 1:
-            raise APIError(
-                400,
-                f"This model's maximum context length is {max_model_len} tokens; "
-                f"the prompt alone has {prompt_tokens} tokens.",
-                param="messages" if default_max_tokens is None else "prompt",
-                code="context_length_exceeded",
-            )
-    elif prompt_tokens + requested > max_model_len:
-        raise APIError(
-            400,
-            f"This model's maximum context length is {max_model_len} tokens. However, you "
-            f"requested {prompt_tokens + requested} tokens ({prompt_tokens} in the prompt, "
-            f"{requested} for max_tokens). Please reduce the prompt or max_tokens.",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    if len(stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stop):
-        raise APIError(
-            400,
-            f"At most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_LENGTH} characters.",
-            param="stop",
-        )
-    stop = [s for s in stop if s]
-    temperature = defaults.temperature if req.temperature is None else req.temperature
-    top_p = defaults.top_p if req.top_p is None else req.top_p
-    top_k = defaults.top_k if req.top_k is None else max(0, req.top_k)
-    if vocab_size is not None and vocab_size > 0:
-        top_k = min(top_k, vocab_size)
-    seed = None if req.seed is None else req.seed & 0xFFFF_FFFF_FFFF_FFFF
-    return SamplingParams(
-        max_tokens=requested,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        stop=stop,
-        seed=seed,
-        ignore_eos=req.ignore_eos,
-        min_tokens=min(req.min_tokens, requested),
-    )
+_ALL_MODELS = (*REQUESTS, StreamOptions, TextPart, ChatMessage, ResponseFormat)
+# Every field name of every request model: what may appear in an error's `param`.
+FIELD_NAMES = frozenset(name for model in _ALL_MODELS for name in model.model_fields)

@@ -57,6 +57,7 @@ class Sequence:
         "first_token_time",
         "generator",
         "id",
+        "internal",
         "last_token_time",
         "loop",
         "output_ids",
@@ -79,9 +80,12 @@ class Sequence:
         eos_ids: frozenset[int],
         loop: asyncio.AbstractEventLoop | None = None,
         request_id: str = "",
+        internal: bool = False,
     ) -> None:
         self.id = next(_ids)
         self.request_id = request_id
+        # The engine's own requests (warm-up, recovery probes): kept out of the metrics.
+        self.internal = internal
         self.prompt_ids = prompt_ids
         self.params = params
         self.decoder = decoder  # a `tokenizers.Tokenizer`

@@ -17,9 +17,10 @@ from typing import Any
 
 import uvicorn
 
-from llmserve.app import ServiceState, create_app
+from llmserve.app import create_app
 from llmserve.auth import Authenticator
 from llmserve.config import Settings
+from llmserve.state import ServiceState
 
 log = logging.getLogger("llmserve.server")
 
@@ -62,7 +63,7 @@ def _set_exc(fut: asyncio.Future[Any], exc: BaseException) -> None:
 async def _load(state: ServiceState, t0: float) -> None:
     from llmserve.engine import ENGINES
     from llmserve.loader import configure_threads, load_model
-    from llmserve.protocol import GenerationDefaults
+    from llmserve.params import GenerationDefaults
 
     s = state.settings
     threads = configure_threads(s.threads)
@@ -74,6 +75,8 @@ async def _load(state: ServiceState, t0: float) -> None:
         max_batch_size=s.max_batch_size,
         max_queue=s.max_queue,
         metrics=state.metrics,
+        stall_timeout=s.engine_stall_timeout,
+        max_failures=s.engine_max_failures,
         **({"max_prefill_tokens": s.max_prefill_tokens} if s.engine == "batch" else {}),
     )
     engine.start()
@@ -94,7 +97,6 @@ async def _load(state: ServiceState, t0: float) -> None:
         }
     )
     state.phase = "ready"
-    state.metrics.ready.set(1)
     log.info(
         "ready",
         extra={
@@ -146,7 +148,6 @@ async def serve(settings: Settings, t0: float | None = None) -> int:
             return
         log.info("received %s: draining", sig.name, extra={"inflight": state.inflight})
         state.draining = True
-        state.metrics.ready.set(0)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -93,6 +93,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def loaded_model(tiny_model: Path):
+    """The tiny model loaded in this process (for in-process engine and app tests)."""
+    import torch
+
+    from llmserve.loader import load_model
+
+    torch.set_num_threads(1)
+    return load_model(str(tiny_model), "fp32")
+
+
+@pytest.fixture(scope="session")
 def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("secrets")
     (d / "keys").write_text("# test keys\n" + "\n".join(API_KEYS) + "\n\n")

@@ -13,15 +13,11 @@ import pytest
 import torch
 
 from llmserve.auth import Authenticator, AuthError
+from llmserve.body import parse_body
 from llmserve.config import add_serve_arguments, settings_from_args
 from llmserve.errors import APIError
-from llmserve.protocol import (
-    CompletionRequest,
-    GenerateRequest,
-    GenerationDefaults,
-    parse_body,
-    sampling_params,
-)
+from llmserve.params import GenerationDefaults, sampling_params
+from llmserve.protocol import CompletionRequest, GenerateRequest
 from llmserve.ratelimit import RateLimiter
 from llmserve.redact import redact
 from llmserve.sampling import BatchSampling, sample
