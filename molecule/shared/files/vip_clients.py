@@ -89,7 +89,6 @@ def sdk_worker(
     tally: Tally,
     stop: threading.Event,
 ) -> None:
-    import httpx
     import openai
 
     client = openai.OpenAI(
@@ -97,7 +96,7 @@ def sdk_worker(
         api_key=key,
         timeout=timeout,
         max_retries=4,
-        http_client=httpx.Client(verify=False),
+        http_client=openai.DefaultHttpxClient(verify=False),
     )
     while not stop.is_set():
         started = time.monotonic()
