@@ -49,8 +49,12 @@ venv: $(VENV)/.stamp ## Create .venv with the service and the pinned toolchain
 image: system-packages ## Build the Debian 12 systemd test image (cached by recipe hash)
 	@tests/harness/build-image.sh
 
+.PHONY: wheelhouse
+wheelhouse: venv ## Wheels of the service's pinned dependencies for the test containers (cached by pin hash)
+	@tests/harness/wheelhouse.sh || echo "wheelhouse: not built; the test containers install from PyPI" >&2
+
 .PHONY: setup
-setup: system-packages venv image ## Everything the tests and the lab need
+setup: system-packages venv image wheelhouse ## Everything the tests and the lab need
 
 .PHONY: lint
 lint: venv ## ansible-lint (production), yamllint, ruff
