@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--diff", action="store_true")
     parser.add_argument("--tags")
+    parser.add_argument("--skip-tags")
     parser.add_argument("--limit")
     parser.add_argument("--out", required=True, type=Path, help="where the JSON summary goes")
     return parser.parse_args(argv)
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace, private_data_dir: str) -> dict[str, Any]:
         )
         or None,
         tags=args.tags,
+        skip_tags=args.skip_tags,
         limit=args.limit,
         # ansible-playbook from this interpreter's environment, whatever PATH says.
         envvars={
