@@ -8,7 +8,8 @@ Scenarios run it on the controller to drive a playbook and then assert on the su
         --extra-vars '{"drain_host": "gpu1"}' --out /tmp/drain.json
 
 The summary: {"rc", "status", "failed": [{"host", "task", "play", "msg"}],
-"changed": [{"host", "task"}], "tasks": [{"host", "task", "play", "status"}], "stats"}.
+"changed": [{"host", "task"}], "tasks": [{"host", "task", "play", "status", "seconds"}],
+"stats"}.
 The exit status is 0 whatever the playbook's result (the summary carries it), and 2 with
 the reason on stderr when the run could not start. The environment passes through
 (ANSIBLE_CONFIG, ANSIBLE_ROLES_PATH, CONTAINERS_CONF, MOLECULE_*), and so does its fact
@@ -64,11 +65,11 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def summarize(events: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
+def summarize(events: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The failed, changed and ran tasks of a run, per host, from ansible-runner's events."""
     failed: list[dict[str, str]] = []
     changed: list[dict[str, str]] = []
-    tasks: list[dict[str, str]] = []
+    tasks: list[dict[str, Any]] = []
     for event in events:
         status = RESULT_EVENTS.get(event.get("event", ""))
         if status is None:
@@ -85,7 +86,8 @@ def summarize(events: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, s
                 status = "ignored"
             else:
                 failed.append({**where, "play": play, "msg": str(res.get("msg", ""))})
-        tasks.append({**where, "play": play, "status": status})
+        seconds = round(float(data.get("duration") or 0), 2)
+        tasks.append({**where, "play": play, "status": status, "seconds": seconds})
     return {"failed": failed, "changed": changed, "tasks": tasks}
 
 
