@@ -97,6 +97,7 @@ def _server(model: str, *extra: str, threads: int = 0) -> Iterator[tuple[str, fl
     port = _free_port()
     cmd = [sys.executable, "-m", "llmserve", "serve", "--model", model, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--rate-limit-rps", "0", "--log-level", "warning", *extra]
+    cmd += ["--allow-unauthenticated"]
     cmd += ["--threads", str(threads)]
     env = {
         k: v

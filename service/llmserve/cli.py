@@ -21,10 +21,15 @@ from collections.abc import Sequence  # noqa: E402
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import faulthandler
+
     from llmserve.config import settings_from_args
     from llmserve.logs import setup_logging
     from llmserve.server import serve
 
+    # A fatal signal (SIGABRT from systemd's watchdog among them) writes every thread's
+    # stack to stderr first: the journal shows where a stuck engine was.
+    faulthandler.enable()
     settings = settings_from_args(args)
     setup_logging(settings.log_level)
     log = logging.getLogger("llmserve")

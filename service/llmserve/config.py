@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from llmserve.loader import PRECISIONS
+from llmserve.reasoning import PARSERS
 
 
 def parse_bool(value: str | bool) -> bool:
@@ -54,13 +55,19 @@ class Settings:
     jwt_algorithm: str = ""
     jwt_audience: str = ""
     jwt_issuer: str = ""
+    allow_unauthenticated: bool = False
+    auth_failure_rps: float = 0.2
+    auth_failure_burst: int = 10
     rate_limit_rps: float = 10.0
     rate_limit_burst: int = 64
+    max_concurrent_per_key: int = 128
     max_body_bytes: int = 1_048_576
+    trusted_proxies: str = "127.0.0.1"
     drain_timeout: float = 30.0
     log_prompts: bool = False
     log_level: str = "info"
     enable_fault_injection: bool = False
+    reasoning_parser: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,12 +120,47 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("jwt_audience", "JWT_AUDIENCE", str, "required JWT `aud`"),
     Option("jwt_issuer", "JWT_ISSUER", str, "required JWT `iss`"),
+    Option(
+        "allow_unauthenticated",
+        "ALLOW_UNAUTHENTICATED",
+        parse_bool,
+        "serve everyone when no API keys file and no JWT key is given (else: refuse to start)",
+    ),
+    Option(
+        "auth_failure_rps",
+        "AUTH_FAILURE_RPS",
+        float,
+        "failed authentications/s a client address may make, past the burst (then 429); 0 = off",
+    ),
+    Option("auth_failure_burst", "AUTH_FAILURE_BURST", int, "failed authentications per address"),
     Option("rate_limit_rps", "RATE_LIMIT_RPS", float, "requests/s per key or IP; 0 = off"),
     Option("rate_limit_burst", "RATE_LIMIT_BURST", int, "token-bucket size per key or IP"),
+    Option(
+        "max_concurrent_per_key",
+        "MAX_CONCURRENT_PER_KEY",
+        int,
+        "generation requests one key (or address) may have in flight (then 429); 0 = off",
+    ),
     Option("max_body_bytes", "MAX_BODY_BYTES", int, "largest request body (then 413)"),
+    Option(
+        "trusted_proxies",
+        "TRUSTED_PROXIES",
+        str,
+        "comma-separated addresses, networks or names of the load balancers whose "
+        "X-Forwarded-For names the client",
+    ),
     Option("drain_timeout", "DRAIN_TIMEOUT", float, "seconds in-flight work may take on SIGTERM"),
-    Option("log_prompts", "LOG_PROMPTS", parse_bool, "log prompts (e-mails, phones redacted)"),
+    Option(
+        "log_prompts", "LOG_PROMPTS", parse_bool, "log prompts (personal data and secrets redacted)"
+    ),
     Option("log_level", "LOG_LEVEL", _lower, "log threshold", LOG_LEVELS),
+    Option(
+        "reasoning_parser",
+        "REASONING_PARSER",
+        str,
+        "deepseek_r1: chat output before </think> goes to reasoning_content",
+        PARSERS,
+    ),
     Option(
         "enable_fault_injection",
         "ENABLE_FAULT_INJECTION",

@@ -8,6 +8,7 @@ stream included; a client that goes away cancels its sequence, queued or running
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,42 +25,75 @@ from llmserve.openai_format import Chunks
 from llmserve.params import sampling_params
 from llmserve.protocol import SamplingFields
 from llmserve.ratelimit import RateLimiter
-from llmserve.redact import redact
 from llmserve.sequence import Event, Sequence
 from llmserve.state import ServiceState
 from llmserve.streaming import EventStream, generation_failed, sse, stream_events
 
 log = logging.getLogger("llmserve.api")
 
+# The caller of the request being handled (a `Principal.key`): in-flight slots count per key.
+principal_var: contextvars.ContextVar[str] = contextvars.ContextVar("principal", default="")
+
 # Prompts up to this many characters are tokenized on the event loop; longer ones in a thread.
 _INLINE_TOKENIZE_CHARS = 16_384
 
 
+def too_many(state: ServiceState, reason: str, message: str, code: str, retry: int) -> APIError:
+    """A 429 with `Retry-After`, counted as rejected for `reason`."""
+    state.reject(reason)
+    return APIError(429, message, code=code, headers={"Retry-After": str(retry)})
+
+
 def authenticate(state: ServiceState, request: Request) -> Principal:
+    """The caller, or a 401; a client address that keeps failing gets a 429 instead,
+    without its credentials being tried. The access log names the caller."""
     client = request.client.host if request.client else "unknown"
+    blocked = state.auth_failures.wait(client)
+    if blocked > 0:
+        raise too_many(
+            state,
+            "auth_failures",
+            "Too many failed authentication attempts from this address; retry later.",
+            "too_many_auth_failures",
+            RateLimiter.retry_after(blocked),
+        )
     try:
-        return state.auth.authenticate(request.headers.get("authorization"), client)
+        principal = state.auth.authenticate(request.headers.get("authorization"), client)
     except AuthError as exc:
+        state.auth_failures.check(client)
         state.reject("unauthorized")
         raise APIError(
             401, str(exc), code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
         ) from exc
+    request.state.principal = principal.key
+    principal_var.set(principal.key)
+    return principal
 
 
 def admit(state: ServiceState, request: Request) -> Principal:
-    """Draining, credentials, rate limit and readiness, in that order."""
+    """Draining, credentials, rate limit, the caller's concurrency and readiness, in that
+    order."""
     if state.draining:
         state.reject("draining")
         raise APIError(503, "Server is shutting down.", code="draining")
     principal = authenticate(state, request)
     wait = state.limiter.check(principal.key)
     if wait > 0:
-        state.reject("rate_limited")
-        raise APIError(
-            429,
+        raise too_many(
+            state,
+            "rate_limited",
             "Rate limit exceeded; retry later.",
-            code="rate_limit_exceeded",
-            headers={"Retry-After": str(RateLimiter.retry_after(wait))},
+            "rate_limit_exceeded",
+            RateLimiter.retry_after(wait),
+        )
+    limit = state.settings.max_concurrent_per_key
+    if limit > 0 and state.inflight_by_key.get(principal.key, 0) >= limit:
+        raise too_many(
+            state,
+            "concurrency_limit",
+            f"This key already has {limit} requests in flight, its limit; retry when one ends.",
+            "concurrency_limit_exceeded",
+            state.retry_after(),
         )
     if not state.accepting:
         state.reject("not_ready")
@@ -69,19 +103,20 @@ def admit(state: ServiceState, request: Request) -> Principal:
 
 async def holding_slot(state: ServiceState, handler: Callable[[], Awaitable[Response]]) -> Response:
     """Run `handler` holding an in-flight slot; a stream releases it when it ends."""
-    state.acquire()
+    key = principal_var.get()
+    state.acquire(key)
     try:
         response = await handler()
     except APIError as exc:
-        state.release()
+        state.release(key)
         if exc.status == 400:
             state.reject("invalid_request")
         raise
     except BaseException:
-        state.release()
+        state.release(key)
         raise
     if not isinstance(response, EventStream):
-        state.release()
+        state.release(key)
     return response
 
 
@@ -141,7 +176,7 @@ async def submit(
         vocab_size=int(loaded.model.config.vocab_size),
     )
     if state.settings.log_prompts:
-        log.info("prompt", extra={"endpoint": kind, "prompt": redact(text)})
+        state.prompt_log.submit(kind, text, request_id_var.get())
     engine = engine_of(state)
     seq = engine.new_sequence(prompt_ids, params, request_id_var.get())
     try:
@@ -152,7 +187,7 @@ async def submit(
             429,
             "Too many requests are waiting; retry later.",
             code="queue_full",
-            headers={"Retry-After": "1"},
+            headers={"Retry-After": str(state.retry_after())},
         ) from exc
     except EngineStopped as exc:
         state.reject("draining")
@@ -199,6 +234,7 @@ def streaming(
 ) -> EventStream:
     """Stream the chunks, `opening` first when given; cleanup cancels and releases."""
     engine = engine_of(state)
+    key = principal_var.get()
     released = False
 
     def cleanup() -> None:
@@ -207,7 +243,7 @@ def streaming(
             engine.cancel(seq)
         if not released:
             released = True
-            state.release()
+            state.release(key)
 
     async def body() -> AsyncIterator[str]:
         if opening is not None:

@@ -19,8 +19,10 @@ access_log = logging.getLogger("llmserve.access")
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _QUIET_PATHS = {"/health", "/ready", "/metrics"}
-# Keys of `request.state` the access line carries, when a handler set them.
-LOGGED_STATE = ("end_user", "safety_identifier")
+# Keys of `request.state` the access line carries, when a handler set them: who called
+# (`key:<digest prefix>`, `jwt:<subject>`, or `ip:<address>` when authentication is off;
+# never the key itself) and the end-user identifiers the client sent.
+LOGGED_STATE = ("principal", "end_user", "safety_identifier")
 
 
 class RequestContextMiddleware:

@@ -53,15 +53,16 @@ class Envelope:
 class Chunks:
     """Builds the stream chunks of one completion.
 
-    `content` turns a piece of generated text into the choice payload; `closing` is the
-    payload of the chunk that carries the finish reason. With `include_usage`, every chunk
-    has `"usage": null` and a last chunk with no choices carries the usage.
+    `content` turns a piece of generated text into the choice payload (None: nothing to
+    send yet); `closing` makes the payload of the chunk that carries the finish reason.
+    With `include_usage`, every chunk has `"usage": null` and a last chunk with no choices
+    carries the usage.
     """
 
     envelope: Envelope
     seq: Sequence
-    content: Callable[[str], dict[str, Any]]
-    closing: dict[str, Any]
+    content: Callable[[str], dict[str, Any] | None]
+    closing: Callable[[], dict[str, Any]]
     include_usage: bool
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -69,11 +70,12 @@ class Chunks:
         extra: dict[str, Any] = {"usage": None} if self.include_usage else {}
         return self.envelope.body(self.created, [choice(content, finish_reason)], **extra)
 
-    def delta(self, text: str) -> dict[str, Any]:
-        return self.chunk(self.content(text))
+    def delta(self, text: str) -> dict[str, Any] | None:
+        content = self.content(text)
+        return None if content is None else self.chunk(content)
 
     def finish(self, reason: str) -> list[dict[str, Any]]:
-        out = [self.chunk(self.closing, reason)]
+        out = [self.chunk(self.closing(), reason)]
         if self.include_usage:
             out.append(self.envelope.body(self.created, [], usage=usage(self.seq)))
         return out

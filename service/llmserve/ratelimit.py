@@ -1,4 +1,5 @@
-"""Token-bucket rate limiting per API key (or client address when auth is off)."""
+"""Token-bucket rate limiting per API key (or client address when auth is off), and of
+failed authentications per client address."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ class RateLimiter:
     @property
     def enabled(self) -> bool:
         return self.rate > 0
+
+    def wait(self, key: str, now: float | None = None) -> float:
+        """Seconds until `key` may take a token (0 when it may now); takes none."""
+        if not self.enabled or key not in self._buckets:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets[key]
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def check(self, key: str, now: float | None = None) -> float:
         """Take one token for `key`. Returns 0 when allowed, else seconds until allowed."""

@@ -25,7 +25,10 @@ class Usage(_Response):
 
 class AssistantMessage(_Response):
     role: Literal["assistant"]
-    content: str
+    # null when a reasoning model's output never ended its thinking
+    content: str | None
+    # with --reasoning-parser: what the model wrote before `</think>`
+    reasoning_content: str | None = None
 
 
 class ChatChoice(_Response):

@@ -17,9 +17,12 @@ from typing import Any
 
 import uvicorn
 
+from llmserve import sdnotify
 from llmserve.app import create_app
 from llmserve.auth import Authenticator
 from llmserve.config import Settings
+from llmserve.engine.health import DEAD, STALLED
+from llmserve.proxies import resolve_proxies
 from llmserve.state import ServiceState
 
 log = logging.getLogger("llmserve.server")
@@ -109,6 +112,38 @@ async def _load(state: ServiceState, t0: float) -> None:
     )
 
 
+async def _systemd(state: ServiceState, server: uvicorn.Server) -> None:
+    """READY=1 once the port listens (/ready says when the model is); then, under a
+    watchdog, a ping every third of its timeout while the event loop runs and the engine
+    is neither stalled nor dead. Withheld pings make systemd restart the service."""
+    while not server.started:
+        await asyncio.sleep(0.05)
+    sdnotify.notify("READY=1", f"STATUS=listening, model {state.phase}")
+    timeout = sdnotify.watchdog_seconds()
+    if timeout <= 0:
+        return
+    phase = ""
+    withheld = False
+    while True:
+        await asyncio.sleep(timeout / 3)
+        health = state.engine.health() if state.engine is not None else None
+        if health is not None and health.reason in (STALLED, DEAD):
+            if not withheld:
+                log.error(
+                    "engine %s: watchdog pings withheld, systemd will restart the service",
+                    health.reason,
+                    extra={"detail": health.detail, "watchdog_s": timeout},
+                )
+            withheld = True
+            continue
+        withheld = False
+        messages = ["WATCHDOG=1"]
+        if state.phase != phase:
+            phase = state.phase
+            messages.append(f"STATUS=model {phase}")
+        sdnotify.notify(*messages)
+
+
 def reload_api_keys(auth: Authenticator) -> None:
     """SIGHUP: re-read the API keys file; a failure keeps the old keys and is logged."""
     try:
@@ -122,11 +157,20 @@ async def serve(settings: Settings, t0: float | None = None) -> int:
     t0 = time.monotonic() if t0 is None else t0
     state = ServiceState(settings)
     if not state.auth.enabled:
-        log.warning("authentication is disabled: no API keys file and no JWT key configured")
+        if not settings.allow_unauthenticated:
+            raise ValueError(
+                "no credentials configured: give API_KEYS_FILE, JWT_SECRET_FILE or "
+                "JWT_PUBLIC_KEY_FILE, or pass --allow-unauthenticated to serve everyone"
+            )
+        log.warning("authentication is disabled (--allow-unauthenticated): anyone can call")
+    proxies = resolve_proxies(settings.trusted_proxies)
+    log.info("trusted proxies", extra={"trusted_proxies": proxies})
     config = uvicorn.Config(
         create_app(state),
         host=settings.host,
         port=settings.port,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies,
         log_config=None,
         access_log=False,
         lifespan="off",
@@ -147,6 +191,7 @@ async def serve(settings: Settings, t0: float | None = None) -> int:
             force.set()
             return
         log.info("received %s: draining", sig.name, extra={"inflight": state.inflight})
+        sdnotify.notify("STOPPING=1", "STATUS=draining")
         state.draining = True
         stop.set()
 
@@ -157,6 +202,7 @@ async def serve(settings: Settings, t0: float | None = None) -> int:
     serve_task = asyncio.create_task(server.serve(), name="http")
     load_task = asyncio.create_task(_load(state, t0), name="load")
     stop_task = asyncio.create_task(stop.wait(), name="stop")
+    systemd_task = asyncio.create_task(_systemd(state, server), name="systemd")
     code = 0
     pending: set[asyncio.Task[Any]] = {serve_task, load_task, stop_task}
     while True:
@@ -177,6 +223,7 @@ async def serve(settings: Settings, t0: float | None = None) -> int:
         if stop_task in done:
             break
 
+    systemd_task.cancel()
     if not load_task.done():
         load_task.cancel()
     state.draining = True
@@ -187,6 +234,7 @@ async def serve(settings: Settings, t0: float | None = None) -> int:
             await serve_task
     if state.engine is not None:
         state.engine.stop()
+    await asyncio.to_thread(state.prompt_log.close)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     log.info("stopped", extra={"exit_code": code})

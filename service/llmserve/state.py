@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from llmserve.engine import BaseEngine
 from llmserve.loader import LoadedModel
 from llmserve.metrics import Metrics
 from llmserve.params import GenerationDefaults
+from llmserve.promptlog import PromptLog
 from llmserve.ratelimit import RateLimiter
 
 
@@ -37,12 +39,16 @@ class ServiceState:
             settings.jwt_issuer,
         )
         self.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+        # Failed authentications per client address: a key cannot be guessed at speed.
+        self.auth_failures = RateLimiter(settings.auth_failure_rps, settings.auth_failure_burst)
+        self.prompt_log = PromptLog()
         self.engine: BaseEngine | None = None
         self.loaded: LoadedModel | None = None
         self.defaults = GenerationDefaults()
         self.phase = "loading"  # loading | warming_up | ready | failed
         self.draining = False
         self.inflight = 0
+        self.inflight_by_key: dict[str, int] = {}
         self.idle = asyncio.Event()
         self.idle.set()
         self.created = int(time.time())
@@ -70,15 +76,32 @@ class ServiceState:
             return Readiness(False, health.reason, health.detail)
         return Readiness(True)
 
-    def acquire(self) -> None:
+    def acquire(self, key: str = "") -> None:
+        """Take an in-flight slot, counted against the caller `key` when given."""
         self.inflight += 1
         self.idle.clear()
+        if key:
+            self.inflight_by_key[key] = self.inflight_by_key.get(key, 0) + 1
 
-    def release(self) -> None:
+    def release(self, key: str = "") -> None:
         self.inflight -= 1
         if self.inflight <= 0:
             self.inflight = 0
             self.idle.set()
+        if key:
+            left = self.inflight_by_key.get(key, 0) - 1
+            if left > 0:
+                self.inflight_by_key[key] = left
+            else:
+                self.inflight_by_key.pop(key, None)
+
+    def retry_after(self) -> int:
+        """Seconds until a place is likely to free: how long the engine has lately taken
+        per finished request (1 when it has no history), at most a minute."""
+        per_finish = self.engine.seconds_per_finish() if self.engine is not None else None
+        if per_finish is None:
+            return 1
+        return min(60, max(1, math.ceil(per_finish)))
 
     def reject(self, reason: str) -> None:
         self.metrics.request_rejected.labels(reason).inc()

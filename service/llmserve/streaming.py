@@ -46,7 +46,7 @@ def generation_failed(event: Event) -> APIError:
 
 async def stream_events(
     seq: Sequence,
-    on_delta: Callable[[str], dict[str, Any]],
+    on_delta: Callable[[str], dict[str, Any] | None],
     on_finish: Callable[[str], list[dict[str, Any]]],
 ) -> AsyncIterator[str]:
     """Turn the sequence's events into SSE lines, ending with `[DONE]`."""
@@ -59,8 +59,9 @@ async def stream_events(
             if seq.queue.empty():
                 break
             event = seq.queue.get_nowait()
-        if text:
-            yield sse(on_delta(text))
+        chunk = on_delta(text) if text else None
+        if chunk is not None:
+            yield sse(chunk)
         if event.kind == "delta":
             continue
         if event.kind == "error":

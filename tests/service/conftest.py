@@ -18,6 +18,7 @@ import pytest
 API_KEYS = ["test-key-alpha", "test-key-beta"]
 JWT_SECRET = "test-jwt-secret-" + "0123456789abcdef" * 4
 JWT_AUDIENCE = "llmserve-tests"
+AUTH_FAILURE_BURST = 30
 JWT_ISSUER = "https://issuer.example"
 SERVED_NAME = "tiny-r1"
 
@@ -51,7 +52,8 @@ class Server:
             *args,
         ]
         full_env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "PORT")}
-        full_env.update({"TORCH_THREADS": "1", **(env or {})})
+        # A server without keys must be told to serve everyone (else it refuses to start).
+        full_env.update({"TORCH_THREADS": "1", "ALLOW_UNAUTHENTICATED": "true", **(env or {})})
         self._log = open(log_path, "wb")  # noqa: SIM115
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
@@ -132,6 +134,12 @@ def server(tiny_model: Path, secrets_dir: Path, tmp_path_factory: pytest.TempPat
         "1000",
         "--enable-fault-injection",
         "--log-prompts",
+        # Failed authentications: a burst the 401 tests stay under, and next to no refill,
+        # so test_failed_authentication_is_limited_per_address does not race the clock.
+        "--auth-failure-burst",
+        str(AUTH_FAILURE_BURST),
+        "--auth-failure-rps",
+        "0.001",
         env={"API_KEYS_FILE": str(secrets_dir / "keys"), "MAX_BATCH_SIZE": "32"},
     )
     try:

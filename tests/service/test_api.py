@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 
@@ -10,7 +11,15 @@ import httpx
 import openai
 import pytest
 
-from .conftest import API_KEYS, JWT_SECRET, SERVED_NAME, make_jwt, metric_value
+from .conftest import (
+    API_KEYS,
+    AUTH_FAILURE_BURST,
+    JWT_SECRET,
+    SERVED_NAME,
+    Server,
+    make_jwt,
+    metric_value,
+)
 
 # Per-request timeout and polling deadline; a passing run does not wait for it.
 TIMEOUT = 30
@@ -312,6 +321,91 @@ def test_jwt_with_pinned_algorithm(server):
     assert_openai_error(resp, 401)
 
 
+def test_failed_authentication_is_limited_per_address(server, auth_headers):
+    body = {"prompt": "x", "max_tokens": 1}
+    transport = httpx.HTTPTransport(local_address="127.0.0.9")
+    with httpx.Client(transport=transport, timeout=TIMEOUT) as hc:
+        codes = [
+            hc.post(
+                server.url + "/generate", json=body, headers={"Authorization": f"Bearer g{i}"}
+            ).status_code
+            for i in range(AUTH_FAILURE_BURST + 1)
+        ]
+        assert codes == [401] * AUTH_FAILURE_BURST + [429], codes
+        # Past the limit even a good key is not tried from that address.
+        resp = hc.post(server.url + "/generate", json=body, headers=auth_headers)
+        err = assert_openai_error(resp, 429)
+        assert err["code"] == "too_many_auth_failures", err
+        assert int(resp.headers["retry-after"]) >= 1
+    # Other addresses are not affected.
+    resp = httpx.post(server.url + "/generate", json=body, headers=auth_headers, timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    text = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
+    assert metric_value(text, "llmserve_request_rejected_total", 'reason="auth_failures"') >= 2
+
+
+def test_forwarded_client_of_a_trusted_proxy(server, auth_headers):
+    """Behind a load balancer (127.0.0.1 is trusted by default), X-Forwarded-For names the
+    client: one client failing authentication does not lock out the others behind it."""
+    body = {"prompt": "x", "max_tokens": 1}
+
+    def post(client: str, headers: dict[str, str], rid: str = "") -> httpx.Response:
+        extra = {"X-Forwarded-For": client, **({"X-Request-ID": rid} if rid else {})}
+        return httpx.post(
+            server.url + "/generate", json=body, headers={**headers, **extra}, timeout=TIMEOUT
+        )
+
+    bad = {"Authorization": "Bearer not-a-key"}
+    codes = [post("203.0.113.7", bad).status_code for _ in range(AUTH_FAILURE_BURST + 1)]
+    assert codes == [401] * AUTH_FAILURE_BURST + [429], codes
+    assert post("203.0.113.8", auth_headers, "forwarded-ok").status_code == 200
+    # Anyone else's X-Forwarded-For is not believed.
+    transport = httpx.HTTPTransport(local_address="127.0.0.10")
+    with httpx.Client(transport=transport, timeout=TIMEOUT) as hc:
+        resp = hc.post(
+            server.url + "/generate",
+            json=body,
+            headers={**auth_headers, "X-Forwarded-For": "198.51.100.1", "X-Request-ID": "spoof"},
+        )
+        assert resp.status_code == 200, resp.text
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    access = {e["request_id"]: e for e in lines if e["logger"] == "llmserve.access"}
+    assert access["forwarded-ok"]["client"] == "203.0.113.8", access["forwarded-ok"]
+    assert access["spoof"]["client"] == "127.0.0.10", access["spoof"]
+
+
+def test_access_log_names_the_caller_never_the_key(server, auth_headers):
+    rids = {"key": "audit-key", "jwt": "audit-jwt"}
+    headers = {
+        "key": auth_headers,
+        "jwt": {"Authorization": "Bearer " + make_jwt(sub="audit-subject")},
+    }
+    for kind, rid in rids.items():
+        resp = httpx.post(
+            server.url + "/generate",
+            json={"prompt": "x", "max_tokens": 1},
+            headers={**headers[kind], "X-Request-ID": rid},
+            timeout=TIMEOUT,
+        )
+        assert resp.status_code == 200, resp.text
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    access = {e["request_id"]: e for e in lines if e["logger"] == "llmserve.access"}
+    digest = hashlib.sha256(API_KEYS[0].encode()).hexdigest()[:16]
+    assert access["audit-key"]["principal"] == f"key:{digest}", access["audit-key"]
+    assert access["audit-jwt"]["principal"] == "jwt:audit-subject", access["audit-jwt"]
+    assert API_KEYS[0] not in server.log()
+
+
+def test_no_credentials_refuses_to_start(tiny_model, tmp_path):
+    srv = Server(tiny_model, tmp_path / "open.log", env={"ALLOW_UNAUTHENTICATED": "false"})
+    try:
+        assert srv.proc.wait(60) == 2, srv.log()
+        assert "no credentials configured" in srv.log()
+        assert "--allow-unauthenticated" in srv.log()
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("top_k", 1e30), ("top_k", 2**31), ("seed", 2**64), ("min_tokens", 2**63)],
@@ -572,18 +666,31 @@ def test_request_id_kept_or_generated(server, auth_headers):
 
 
 def test_prompt_logging_redacts(server, auth_headers):
-    prompt = "Mail jane.doe@example.com or call +1 (555) 123-4567 about the river"
-    httpx.post(
+    prompt = (
+        "Mail jane.doe@example.com or call +1 (555) 123-4567 about the river; "
+        "card 4111 1111 1111 1111, key sk-live-0123456789abcdefABCD"
+    )
+    resp = httpx.post(
         server.url + "/generate",
         json={"prompt": prompt, "max_tokens": 1},
-        headers=auth_headers,
+        headers={**auth_headers, "X-Request-ID": "redaction-probe"},
         timeout=TIMEOUT,
     )
+    assert resp.status_code == 200, resp.text
+    # Prompts are written by a worker thread, after the answer perhaps: wait for the line.
+    deadline = time.monotonic() + 30
+    prompts: list[str] = []
+    while not prompts and time.monotonic() < deadline:
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        prompts = [
+            e["prompt"] for e in lines if "prompt" in e and e.get("request_id") == "redaction-probe"
+        ]
+        time.sleep(0.05)
+    assert prompts, "no prompt line for request redaction-probe"
     log = server.log()
-    assert "jane.doe@example.com" not in log and "123-4567" not in log
-    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    prompts = [entry["prompt"] for entry in lines if "prompt" in entry]
-    assert any("[EMAIL]" in p and "[PHONE]" in p and "river" in p for p in prompts)
+    for secret in ("jane.doe@example.com", "123-4567", "4111 1111", "sk-live-0123"):
+        assert secret not in log, secret
+    assert all(tag in prompts[0] for tag in ("[EMAIL]", "[PHONE]", "[CARD]", "[SECRET]", "river"))
 
 
 def test_rate_limit_per_ip(open_server):

@@ -121,6 +121,8 @@ def test_image_builds_and_gets_ready(tiny_model, tmp_path):
         "none",
         "-e",
         "TORCH_THREADS=1",
+        "-e",
+        "ALLOW_UNAUTHENTICATED=true",
         "-v",
         f"{tiny_model}:/models/model:ro",
         IMAGE,

@@ -34,7 +34,14 @@ RAW = "ZZRAW"
 
 @pytest.fixture(scope="module")
 def client(loaded_model) -> Iterator[TestClient]:
-    settings = Settings(model="/models/tiny", served_model_name=SERVED_NAME, rate_limit_rps=0)
+    yield from in_process_client(loaded_model)
+
+
+def in_process_client(loaded_model, **settings_: Any) -> Iterator[TestClient]:
+    """The app on a running engine, without a server; `settings_` overrides settings."""
+    settings = Settings(
+        model="/models/tiny", served_model_name=SERVED_NAME, rate_limit_rps=0, **settings_
+    )
     state = ServiceState(settings, Metrics(nvml=False))
     engine = BatchEngine(loaded_model, metrics=state.metrics)
     engine.start()
@@ -466,3 +473,45 @@ def test_openapi_schema_describes_what_the_server_answers(client):
     properties = request_schema["ChatCompletionRequest"]["properties"]
     assert set(properties) == set(ChatCompletionRequest.model_fields)
     assert "does not call tools" in properties["tools"]["description"]
+
+
+# -- DeepSeek-R1 reasoning output ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def r1_client(loaded_model) -> Iterator[TestClient]:
+    yield from in_process_client(loaded_model, reasoning_parser="deepseek_r1")
+
+
+def stream_deltas(client: TestClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with client.stream(
+        "POST", CHAT, json={**body, "stream": True}, headers={"content-type": "application/json"}
+    ) as resp:
+        assert resp.status_code == 200
+        lines = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line)["choices"][0]["delta"] for line in lines[:-1]]
+
+
+def test_reasoning_content_when_thinking_never_ends(client, r1_client):
+    """The tiny model never writes `</think>`: all of its output is reasoning, content null,
+    in the full response and in the stream, and it is the text the plain server gives."""
+    body = {**BASE[CHAT], "max_tokens": 12, "ignore_eos": True}
+    plain = post(client, CHAT, body).json()["choices"][0]["message"]
+    resp = post(r1_client, CHAT, body)
+    assert resp.status_code == 200, resp.text
+    message = ChatCompletion.model_validate(resp.json()).choices[0].message
+    assert message.content is None
+    assert message.reasoning_content == plain["content"] and plain["content"]
+    deltas = stream_deltas(r1_client, body)
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == plain["content"]
+    assert "".join(d.get("content") or "" for d in deltas) == ""
+
+
+def test_reasoning_stream_splits_at_the_end_of_thinking():
+    from llmserve.routes.openai import _chat_payloads
+
+    content, closing = _chat_payloads(reasoning=True)
+    pieces = ["<think>\nLet", " me see </th", "ink>\n\nIt is", " 4.", " </thi"]
+    deltas = [d["delta"] for d in map(content, pieces) if d is not None] + [closing()["delta"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "\nLet me see "
+    assert "".join(d.get("content", "") for d in deltas) == "\n\nIt is 4. </thi"
+    assert all(set(d) <= {"reasoning_content", "content"} and d for d in deltas[:-1])

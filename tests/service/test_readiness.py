@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,11 +18,57 @@ from .conftest import Server, metric_value
 # Polling deadline and per-request timeout; a passing run does not wait for them.
 TIMEOUT = 30
 STALL_TIMEOUT = 1.5
+WATCHDOG_S = 0.6
+
+
+class NotifyListener:
+    """Stands in for systemd: collects what the service sends to NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            with self._cond:
+                self.messages.append(data.decode())
+                self._cond.notify_all()
+
+    def wait_for(self, text: str, after: int = 0) -> int:
+        """Index of the first message from `after` on that holds `text`."""
+        deadline = time.monotonic() + TIMEOUT
+        with self._cond:
+            while True:
+                for i, message in enumerate(self.messages[after:], after):
+                    if text in message.splitlines():
+                        return i
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {text} from the service after #{after}: {self.messages[-5:]}"
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @pytest.fixture(scope="module")
-def ops_server(tiny_model, tmp_path_factory) -> Iterator[Server]:
-    """Fault injection, one batch slot and one queue place, quick engine health limits."""
+def notify(tmp_path_factory) -> Iterator[NotifyListener]:
+    listener = NotifyListener(tmp_path_factory.mktemp("notify") / "sock")
+    yield listener
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def ops_server(tiny_model, tmp_path_factory, notify) -> Iterator[Server]:
+    """Fault injection, one batch slot and one queue place, quick engine health limits,
+    and a systemd watchdog of WATCHDOG_S seconds."""
     srv = Server(
         tiny_model,
         tmp_path_factory.mktemp("logs") / "ops.log",
@@ -34,7 +81,12 @@ def ops_server(tiny_model, tmp_path_factory) -> Iterator[Server]:
         "0",
         "--drain-timeout",
         "2",
-        env={"ENGINE_STALL_TIMEOUT": str(STALL_TIMEOUT), "ENGINE_MAX_FAILURES": "2"},
+        env={
+            "ENGINE_STALL_TIMEOUT": str(STALL_TIMEOUT),
+            "ENGINE_MAX_FAILURES": "2",
+            "NOTIFY_SOCKET": str(notify.path),
+            "WATCHDOG_USEC": str(int(WATCHDOG_S * 1_000_000)),
+        },
     )
     try:
         srv.wait_ready()
@@ -43,8 +95,8 @@ def ops_server(tiny_model, tmp_path_factory) -> Iterator[Server]:
         srv.stop()
 
 
-def fault(srv: Server, **body: object) -> None:
-    resp = httpx.post(srv.url + "/debug/fault", json=body, timeout=TIMEOUT)
+def fault(srv: Server, auth: dict[str, str] | None = None, **body: object) -> None:
+    resp = httpx.post(srv.url + "/debug/fault", json=body, headers=auth, timeout=TIMEOUT)
     assert resp.status_code == 200, resp.text
 
 
@@ -73,12 +125,12 @@ def wait_gauges(srv: Server, running: int, waiting: int, what: str) -> None:
 class RawRequest:
     """A POST on its own socket, so the test decides when the client goes away."""
 
-    def __init__(self, srv: Server, path: str, body: dict[str, object]) -> None:
+    def __init__(self, srv: Server, path: str, body: dict[str, object], headers: str = "") -> None:
         data = json.dumps(body).encode()
         self.sock = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
         head = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+            f"{headers}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
         )
         self.sock.sendall(head.encode() + data)
 
@@ -93,8 +145,10 @@ class RawRequest:
         self.sock.close()
 
 
-def test_stalled_engine_turns_ready_503_and_back(ops_server):
+def test_stalled_engine_turns_ready_503_and_back(ops_server, notify):
     assert httpx.get(ops_server.url + "/ready", timeout=TIMEOUT).status_code == 200
+    assert "READY=1" in notify.messages[0].splitlines(), notify.messages[:1]
+    notify.wait_for("WATCHDOG=1", 1)
     fault(ops_server, stage="decode", stall_s=TIMEOUT)
     stuck = RawRequest(ops_server, "/generate", {"prompt": "stuck", "max_tokens": 4})
     try:
@@ -107,10 +161,21 @@ def test_stalled_engine_turns_ready_503_and_back(ops_server):
         text = httpx.get(ops_server.url + "/metrics", timeout=TIMEOUT).text
         assert metric_value(text, "llmserve_ready") == 0
         assert metric_value(text, "llmserve_engine_heartbeat_age_seconds") > STALL_TIMEOUT
+        # systemd's watchdog gets no ping while the engine is stuck (it would restart us).
+        wait_log(ops_server, "watchdog pings withheld")
     finally:
         fault(ops_server, release=True)
     assert stuck.status() == 200
     poll(ops_server, "/ready", lambda r: r.status_code == 200, "/ready to turn 200 again")
+    # Pings resume: one arrives after the engine is known to be well again.
+    notify.wait_for("WATCHDOG=1", len(notify.messages))
+
+
+def wait_log(srv: Server, text: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while text not in srv.log():
+        assert time.monotonic() < deadline, f"no '{text}' in the log:\n{srv.log()[-2000:]}"
+        time.sleep(0.05)
 
 
 def test_repeated_failures_turn_ready_503_until_the_engine_works(ops_server):
@@ -165,3 +230,41 @@ def test_client_leaving_the_queue_frees_its_place_at_once(ops_server):
     assert results == [200]
     text = httpx.get(ops_server.url + "/metrics", timeout=TIMEOUT).text
     assert metric_value(text, "llmserve_request_failure_total", 'reason="cancelled"') == 1
+
+
+def test_one_key_cannot_take_every_slot(tiny_model, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("key-a\nkey-b\n")
+    srv = Server(
+        tiny_model,
+        tmp_path / "per-key.log",
+        "--enable-fault-injection",
+        "--max-concurrent-per-key",
+        "1",
+        env={"API_KEYS_FILE": str(keys)},
+    )
+    body = {"prompt": "hold", "max_tokens": 2}
+    try:
+        srv.wait_ready()
+        key_a = {"Authorization": "Bearer key-a"}
+        fault(srv, key_a, stage="decode", stall_s=4 * TIMEOUT)
+        held = RawRequest(srv, "/generate", body, "Authorization: Bearer key-a\r\n")
+        other = None
+        try:
+            wait_gauges(srv, 1, 0, "key-a's request running")
+            resp = httpx.post(srv.url + "/generate", json=body, headers=key_a, timeout=TIMEOUT)
+            assert resp.status_code == 429, resp.text
+            assert resp.json()["error"]["code"] == "concurrency_limit_exceeded"
+            assert int(resp.headers["retry-after"]) >= 1
+            # Another key still gets in (it waits for the stalled engine like the first).
+            other = RawRequest(srv, "/generate", body, "Authorization: Bearer key-b\r\n")
+            wait_gauges(srv, 1, 1, "key-b's request queued behind it")
+        finally:
+            fault(srv, key_a, release=True)
+        assert held.status() == 200
+        assert other is not None and other.status() == 200
+        # The finished request gave its key's place back.
+        resp = httpx.post(srv.url + "/generate", json=body, headers=key_a, timeout=TIMEOUT)
+        assert resp.status_code == 200, resp.text
+    finally:
+        srv.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import re
 import subprocess
 import time
 
@@ -130,6 +131,16 @@ def test_token_bucket():
     assert rl.check("a", now=100.6) > 0
 
 
+def test_token_bucket_wait_takes_nothing():
+    rl = RateLimiter(rate=1.0, burst=2)
+    assert rl.wait("a", now=10.0) == 0.0
+    rl.check("a", now=10.0)
+    rl.check("a", now=10.0)
+    assert rl.wait("a", now=10.0) == pytest.approx(1.0)
+    assert rl.wait("a", now=10.0) == pytest.approx(1.0)  # looking takes no token
+    assert rl.wait("a", now=11.0) == 0.0
+
+
 def test_token_bucket_disabled_and_bounded():
     assert RateLimiter(rate=0, burst=1).check("x") == 0.0
     rl = RateLimiter(rate=1, burst=1, max_keys=10)
@@ -148,10 +159,56 @@ def test_token_bucket_disabled_and_bounded():
         ("+44 20 7946 0958", "[PHONE]"),
         ("I have 3 cats and 12 dogs in 2024", "I have 3 cats and 12 dogs in 2024"),
         ("version 1.2.3", "version 1.2.3"),
+        ("pi is 3.14159265 and today is 2024-01-15", "pi is 3.14159265 and today is 2024-01-15"),
+        ("card 4111 1111 1111 1111, 4111-1111-1111-1111", "card [CARD], [CARD]"),
+        ("not a card 4111111111111112", "not a card 4111111111111112"),
+        ("身份证 11010519491231002X。", "身份证 [ID]。"),
+        (
+            "id 110105194912310021 fails its check digit",
+            "id 110105194912310021 fails its check digit",
+        ),
+        ("手机 13800138000\uff0c谢谢", "手机 [PHONE]\uff0c谢谢"),
+        ("Authorization: Bearer abc.def", "Authorization: Bearer [SECRET]"),
+        ("key sk-proj-AbCdEf0123456789abcd.", "key [SECRET]."),
+        ("ghp_0123456789abcdefABCDEF and hf_abcdefghijklmnop1234", "[SECRET] and [SECRET]"),
+        ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln_-x", "jwt [SECRET]"),
+        ("https://x.example/q?api_key=hunter2&x=1", "https://x.example/q?api_key=[SECRET]&x=1"),
+        ("export PASSWORD=s3cret", "export PASSWORD=[SECRET]"),
+        ("blob 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b", "blob [SECRET]"),
+        ("(me@ex.org), path/jane@x.com.", "([EMAIL]), path/[EMAIL]."),
+        ("order abc1234567, user_12345678", "order abc1234567, user_12345678"),
+        ("abc123 4567890 end", "abc123 [PHONE] end"),
     ],
 )
 def test_redact(text, expected):
     assert redact(text) == expected
+
+
+def test_redaction_patterns_cannot_backtrack():
+    """Linear time: every pattern is character classes whose only repetition ends it, so a
+    failed match never retries inside a run."""
+    import llmserve.redact as module
+
+    patterns = [v for v in vars(module).values() if isinstance(v, re.Pattern)]
+    assert patterns
+    for pattern in patterns:
+        assert re.fullmatch(r"(\[[^\]]+\])+[*+]", pattern.pattern), pattern.pattern
+    # Inputs that make backtracking patterns quadratic come back whole.
+    for text in ("a" * 200_000, "1 " * 100_000, "a@" * 100_000, "eyJ." * 50_000, "+(" * 100_000):
+        assert len(redact(text)) == len(text)
+
+
+def test_prompt_log_writes_in_order_off_the_caller(caplog):
+    from llmserve.promptlog import PromptLog
+
+    plog = PromptLog()
+    with caplog.at_level(logging.INFO, logger="llmserve.api"):
+        for i in range(5):
+            plog.submit("generate", f"prompt {i} to me@ex.org", f"rid-{i}")
+        plog.close()
+    records = [r for r in caplog.records if r.getMessage() == "prompt"]
+    assert [r.request_id for r in records] == [f"rid-{i}" for i in range(5)]
+    assert all("[EMAIL]" in r.prompt and r.threadName.startswith("prompt-log") for r in records)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -365,3 +422,30 @@ def test_precision_resolution():
             resolve_precision(quant, cuda=False, bf16_ok=False)
     with pytest.raises(LoadError):
         resolve_precision("fp8", cuda=True, bf16_ok=True)
+
+
+# -- reasoning --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "reasoning", "content"),
+    [
+        ("Let me think.\n</think>\n\nIt is 4.", "Let me think.\n", "\n\nIt is 4."),
+        ("<think>\nhmm</think>ok", "\nhmm", "ok"),
+        ("  <think>x</think>", "x", ""),
+        ("never ends", "never ends", None),
+        ("a </thi", "a </thi", None),
+        ("</think>just the answer", "", "just the answer"),
+    ],
+)
+def test_split_reasoning(text, reasoning, content):
+    from llmserve.reasoning import split_reasoning
+
+    assert split_reasoning(text) == (reasoning, content)
+
+
+def test_reasoning_splitter_holds_back_a_tag_split_across_pieces():
+    from llmserve.reasoning import ReasoningSplitter
+
+    splitter = ReasoningSplitter()
+    out = [splitter.feed(p) for p in ["<th", "ink>A", "b </", "think", ">C"]]
+    assert out == [("", ""), ("A", ""), ("b ", ""), ("", ""), ("", "C")]
+    assert splitter.flush() == ("", "")

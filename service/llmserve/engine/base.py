@@ -81,6 +81,8 @@ class BaseEngine:
         self._thread: threading.Thread | None = None
         self._events: list[tuple[Sequence, Event]] = []
         self._last_probe = 0.0
+        # When the last client requests finished: how fast places free up (Retry-After).
+        self._finishes: collections.deque[float] = collections.deque(maxlen=32)
         ids = self.tokenizer("warm up", add_special_tokens=False)["input_ids"]
         self._probe_prompt: list[int] = list(ids) or [self.pad_id]
         self.num_running = 0
@@ -137,6 +139,13 @@ class BaseEngine:
     @property
     def num_waiting(self) -> int:
         return len(self._waiting)
+
+    def seconds_per_finish(self) -> float | None:
+        """Mean time between the latest finished requests; None without two of them."""
+        times = list(self._finishes)  # appended by the engine thread; copying is safe
+        if len(times) < 2 or times[-1] <= times[0]:
+            return None
+        return (times[-1] - times[0]) / (len(times) - 1)
 
     def health(self) -> HealthStatus:
         alive = not self._dead and (self._thread is None or self._thread.is_alive())
@@ -302,6 +311,8 @@ class BaseEngine:
 
     def _finish(self, seq: Sequence, reason: str, now: float) -> None:
         seq.finish_reason = reason
+        if not seq.internal:
+            self._finishes.append(now)
         m = self._public(seq)
         if m is not None:
             if reason == "abort":

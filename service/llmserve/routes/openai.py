@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from llmserve.loader import LoadedModel
 from llmserve.openai_format import Chunks, Envelope
 from llmserve.openapi import ERROR_RESPONSES
 from llmserve.protocol import ChatCompletionRequest, CompletionRequest
+from llmserve.reasoning import ReasoningSplitter, split_reasoning
 from llmserve.routes.common import add_generation_route, read, service
 from llmserve.schemas import ChatCompletion, Completion, ModelList
 from llmserve.state import ServiceState
@@ -85,18 +87,46 @@ async def chat(state: ServiceState, request: Request) -> Response:
     envelope = Envelope(
         "chatcmpl-" + uuid.uuid4().hex, "chat.completion", state.settings.served_model_name
     )
+    reasoning = state.settings.reasoning_parser == "deepseek_r1"
     if not req.stream:
         out, event = await finished(state, request, seq)
-        message = {"role": "assistant", "content": out}
+        message: dict[str, Any] = {"role": "assistant", "content": out}
+        if reasoning:
+            message["reasoning_content"], message["content"] = split_reasoning(out)
         return JSONResponse(envelope.response({"message": message}, event.finish_reason, seq))
+    content, closing = _chat_payloads(reasoning)
     chunks = Chunks(
         replace(envelope, object="chat.completion.chunk"),
         seq,
-        lambda text: {"delta": {"content": text}},
-        {"delta": {}},
+        content,
+        closing,
         _include_usage(req),
     )
     return streaming(state, seq, chunks, {"delta": {"role": "assistant", "content": ""}})
+
+
+def _chat_payloads(
+    reasoning: bool,
+) -> tuple[Callable[[str], dict[str, Any] | None], Callable[[], dict[str, Any]]]:
+    """How stream chunks carry generated text: as `content`, or split at `</think>`."""
+    if not reasoning:
+        return (lambda text: {"delta": {"content": text}}), (lambda: {"delta": {}})
+    splitter = ReasoningSplitter()
+
+    def content(text: str) -> dict[str, Any] | None:
+        return _reasoning_delta(*splitter.feed(text))
+
+    def closing() -> dict[str, Any]:
+        return _reasoning_delta(*splitter.flush()) or {"delta": {}}
+
+    return content, closing
+
+
+def _reasoning_delta(reasoning: str, content: str) -> dict[str, Any] | None:
+    """A delta with what there is of each; None when there is nothing to send."""
+    delta = {"reasoning_content": reasoning, "content": content}
+    delta = {key: value for key, value in delta.items() if value}
+    return {"delta": delta} if delta else None
 
 
 def _completion_prompt(loaded: LoadedModel, req: CompletionRequest) -> str | list[int]:
@@ -135,7 +165,9 @@ async def completions(state: ServiceState, request: Request) -> Response:
     if not req.stream:
         out, event = await finished(state, request, seq)
         return JSONResponse(envelope.response({"text": prefix + out}, event.finish_reason, seq))
-    chunks = Chunks(envelope, seq, lambda text: {"text": text}, {"text": ""}, _include_usage(req))
+    chunks = Chunks(
+        envelope, seq, lambda text: {"text": text}, lambda: {"text": ""}, _include_usage(req)
+    )
     return streaming(state, seq, chunks, {"text": prefix} if prefix else None)
 
 
