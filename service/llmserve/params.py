@@ -32,6 +32,22 @@ class GenerationDefaults:
         )
 
 
+def logit_bias(bias: dict[str, float] | None, vocab_size: int | None) -> dict[int, float]:
+    """Token ids from the request's decimal strings, each checked against the vocabulary."""
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        token = int(key) if key.isascii() and key.isdigit() and len(key) < 10 else -1
+        if token < 0 or (vocab_size is not None and vocab_size > 0 and token >= vocab_size):
+            high = f" below {vocab_size}" if vocab_size else ""
+            raise APIError(
+                400,
+                f"'logit_bias' keys must be token ids (decimal strings of integers{high}).",
+                param="logit_bias",
+            )
+        out[token] = value
+    return out
+
+
 def sampling_params(
     req: SamplingFields,
     prompt_tokens: int,
@@ -83,6 +99,10 @@ def sampling_params(
         top_k = min(top_k, vocab_size)
     seed = None if req.seed is None else req.seed & 0xFFFF_FFFF_FFFF_FFFF
     return SamplingParams(
+        presence_penalty=getattr(req, "presence_penalty", None) or 0.0,
+        frequency_penalty=getattr(req, "frequency_penalty", None) or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0,
+        logit_bias=logit_bias(getattr(req, "logit_bias", None), vocab_size),
         max_tokens=requested,
         temperature=temperature,
         top_p=top_p,

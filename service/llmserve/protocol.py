@@ -25,9 +25,14 @@ _NO_TOOLS = "this server does not call tools; only null or an empty list is acce
 _ONLY_NULL = "only null is accepted"
 _ONLY_ZERO = "only 0 is accepted"
 _ONLY_FALSE = "only false is accepted"
-_ONLY_EMPTY = "only an empty object is accepted"
 
-Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0), Only(is_zero, _ONLY_ZERO)]
+Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0)]
+# Token id (a decimal string, as OpenAI sends it) -> bias added to its logit.
+MAX_LOGIT_BIAS = 300
+LogitBias = Annotated[
+    dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None,
+    Field(max_length=MAX_LOGIT_BIAS),
+]
 NotImplementedObject = Annotated[dict[str, Any] | None, Only(never, _ONLY_NULL)]
 Identifier = Annotated[str | None, Field(max_length=MAX_ID_CHARS)]
 
@@ -63,6 +68,8 @@ class SamplingFields(StrictModel):
     top_k: int | None = Field(default=None, ge=-1, le=MAX_INT_PARAM)
     ignore_eos: bool | None = False
     min_tokens: int | None = Field(default=0, ge=0, le=MAX_INT_PARAM)
+    # Divides the logits of tokens already in the prompt or output (as in vLLM); 1 is off.
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
 
     def check(self) -> None:
         if self.stream_options is not None and not self.stream:
@@ -80,7 +87,7 @@ class _OpenAIFields(SamplingFields):
     user: Identifier = None
     frequency_penalty: Penalty = None
     presence_penalty: Penalty = None
-    logit_bias: Annotated[dict[str, float] | None, Only(is_empty, _ONLY_EMPTY)] = None
+    logit_bias: LogitBias = None
 
 
 class TextPart(StrictModel):

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llmserve.penalties import Penalties
+
 
 @dataclass
 class BatchSampling:
@@ -21,6 +23,7 @@ class BatchSampling:
     any_top_p: bool
     any_temperature: bool
     max_top_k: int
+    penalties: Penalties | None = None
 
     @classmethod
     def build(
@@ -30,6 +33,7 @@ class BatchSampling:
         top_k: list[int],
         generators: list[torch.Generator | None],
         device: torch.device,
+        penalties: Penalties | None = None,
     ) -> BatchSampling:
         greedy = [t <= 1e-5 for t in temperature]
         temps = [1.0 if g else t for t, g in zip(temperature, greedy, strict=True)]
@@ -46,13 +50,22 @@ class BatchSampling:
             any_top_p=bool(sampled_p),
             any_temperature=any(t != 1.0 for t in temps),
             max_top_k=max(sampled_k, default=0),
+            penalties=penalties,
         )
 
 
 def sample(
-    logits: torch.Tensor, cfg: BatchSampling, default_generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    cfg: BatchSampling,
+    default_generator: torch.Generator | None = None,
+    outputs: list[list[int]] | None = None,
 ) -> torch.Tensor:
-    """Pick one token per row from `logits` (B, V). Returns a (B,) long tensor on CPU."""
+    """Pick one token per row from `logits` (B, V). Returns a (B,) long tensor on CPU.
+
+    `outputs`, each row's tokens so far, feed the penalties when the batch has any.
+    """
+    if cfg.penalties is not None:
+        logits = cfg.penalties.apply(logits, outputs or [[] for _ in range(logits.shape[0])])
     if cfg.all_greedy:
         return logits.argmax(dim=-1).cpu()
     logits = logits.float()

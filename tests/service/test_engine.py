@@ -340,3 +340,30 @@ def test_naive_engine_fails_one_request_and_goes_on(loaded, stage):
         asyncio.run(main())
     finally:
         engine.stop()
+
+
+def test_both_engines_honour_penalties_and_bias_alike(loaded, make_engine):
+    """The same greedy request with penalties and a bias: the batch engine and the naive
+    one (through generate()'s logits processors) give the same tokens, other than without."""
+    naive = NaiveEngine(loaded, metrics=Metrics(nvml=False))
+    naive.start()
+    batch = make_engine()
+    settings = {
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.3,
+        "repetition_penalty": 1.3,
+        "logit_bias": {300: 2.0},
+    }
+
+    async def run(engine: BaseEngine, **extra: object) -> list[int]:
+        params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, **extra)
+        seq = engine.new_sequence(ids(engine, "the river runs"), params, "penalised")
+        engine.submit(seq)
+        return (await outcome(seq)).tokens
+
+    try:
+        penalised = asyncio.run(run(batch, **settings))
+        assert asyncio.run(run(naive, **settings)) == penalised
+        assert asyncio.run(run(batch)) != penalised
+    finally:
+        naive.stop()

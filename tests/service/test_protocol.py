@@ -98,6 +98,7 @@ _COMMON = {
     "top_k": {"integer"},
     "ignore_eos": {"boolean"},
     "min_tokens": {"integer"},
+    "repetition_penalty": NUMBER,
     "user": {"string"},
     "frequency_penalty": NUMBER,
     "presence_penalty": NUMBER,
@@ -179,9 +180,6 @@ def test_null_means_the_default(client, path, field):
 # (field, a value that turns the feature on: 400, a value that leaves it off: 200)
 UNSUPPORTED_COMMON = [
     ("n", 2, 1),
-    ("frequency_penalty", 0.5, 0),
-    ("presence_penalty", -1, 0.0),
-    ("logit_bias", {"15": 5}, {}),
 ]
 UNSUPPORTED: dict[str, list[tuple[str, Any, Any]]] = {
     CHAT: [
@@ -291,6 +289,13 @@ def test_unknown_fields_are_400(client, path, body, param):
         (COMPLETIONS, {"prompt": [[1, 2], [3]]}, "prompt"),
         (COMPLETIONS, {"prompt": [5, 10**6]}, "prompt"),
         (CHAT, {"model": RAW + "-model"}, "model"),
+        (COMPLETIONS, {"logit_bias": {RAW: 1}}, "logit_bias"),
+        (COMPLETIONS, {"logit_bias": {"-3": 1}}, "logit_bias"),
+        (COMPLETIONS, {"logit_bias": {"99999999": 1}}, "logit_bias"),
+        (COMPLETIONS, {"logit_bias": {"1": 101}}, "logit_bias"),
+        (COMPLETIONS, {"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+        (COMPLETIONS, {"presence_penalty": 2.5}, "presence_penalty"),
+        (COMPLETIONS, {"repetition_penalty": 0}, "repetition_penalty"),
     ],
 )
 def test_combinations_and_values_the_server_cannot_honour(client, path, body, param):
@@ -319,6 +324,10 @@ HONOURED = {
         "min_tokens": 1,
         "tool_choice": "none",
         "service_tier": "default",
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "repetition_penalty": 1.2,
+        "logit_bias": {"15": 5, "16": -100},
     },
     COMPLETIONS: {
         "model": SERVED_NAME,
@@ -515,3 +524,30 @@ def test_reasoning_stream_splits_at_the_end_of_thinking():
     assert "".join(d.get("reasoning_content", "") for d in deltas) == "\nLet me see "
     assert "".join(d.get("content", "") for d in deltas) == "\n\nIt is 4. </thi"
     assert all(set(d) <= {"reasoning_content", "content"} and d for d in deltas[:-1])
+
+
+# -- penalties and logit bias --------------------------------------------------------------------
+def completion_text(client: TestClient, **body: Any) -> str:
+    base = {"prompt": "The river", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    resp = post(client, COMPLETIONS, {**base, **body})
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["choices"][0]["text"])
+
+
+def test_logit_bias_forces_and_bans_tokens(client, loaded_model):
+    decode = loaded_model.tokenizer.decode
+    forced = 300
+    assert completion_text(client, logit_bias={str(forced): 100}) == decode([forced] * 6)
+    plain = completion_text(client)
+    first = loaded_model.tokenizer.encode(plain, add_special_tokens=False)[0]
+    banned = completion_text(client, logit_bias={str(first): -100})
+    assert not banned.startswith(decode([first])), (plain, banned)
+
+
+def test_penalties_change_greedy_output_only_when_asked(client):
+    plain = completion_text(client, max_tokens=24)
+    assert completion_text(client, max_tokens=24, presence_penalty=0, repetition_penalty=1) == plain
+    # The forced token repeats; a frequency penalty past the bias stops the repetition.
+    forced = {"logit_bias": {"300": 3.0}, "max_tokens": 24}
+    repeated = completion_text(client, **forced)
+    assert completion_text(client, **forced, frequency_penalty=2.0) != repeated

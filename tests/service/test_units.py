@@ -449,3 +449,26 @@ def test_reasoning_splitter_holds_back_a_tag_split_across_pieces():
     out = [splitter.feed(p) for p in ["<th", "ink>A", "b </", "think", ">C"]]
     assert out == [("", ""), ("A", ""), ("b ", ""), ("", ""), ("", "C")]
     assert splitter.flush() == ("", "")
+
+
+# -- penalties --------------------------------------------------------------------------------
+def test_penalties_follow_the_openai_and_transformers_formulas():
+    from llmserve.penalties import Penalties
+
+    params = [
+        SamplingParams(max_tokens=1, presence_penalty=0.5, frequency_penalty=0.25),
+        SamplingParams(max_tokens=1, repetition_penalty=2.0),
+        SamplingParams(max_tokens=1, logit_bias={3: -100.0, 0: 1.5}),
+        SamplingParams(max_tokens=1),
+    ]
+    penalties = Penalties.build(params, [[1], [1], [1], [1]])
+    assert penalties is not None
+    logits = torch.tensor([[1.0, 2.0, -2.0, 4.0]] * 4)
+    out = penalties.apply(logits, [[3, 3, 2], [2], [], [3]])
+    # presence 0.5 once per seen token, frequency 0.25 per occurrence
+    assert out[0].tolist() == [1.0, 2.0, -2.0 - 0.75, 4.0 - 1.0]
+    # repetition: prompt token 1 and output token 2; positive divided, negative multiplied
+    assert out[1].tolist() == [1.0, 1.0, -4.0, 4.0]
+    assert out[2].tolist() == [2.5, 2.0, -2.0, -96.0]
+    assert out[3].tolist() == [1.0, 2.0, -2.0, 4.0]  # a row without settings is untouched
+    assert Penalties.build([SamplingParams(max_tokens=1)], [[1]]) is None

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from llmserve.penalties import Penalties
 from llmserve.sampling import BatchSampling
 from llmserve.sequence import Sequence
 
@@ -25,6 +26,7 @@ def sampling_for(seqs: list[Sequence], device: torch.device) -> BatchSampling:
         [s.params.top_k for s in seqs],
         [s.generator for s in seqs],
         device,
+        Penalties.build([s.params for s in seqs], [s.prompt_ids for s in seqs]),
     )
 
 

@@ -127,7 +127,8 @@ class BatchEngine(BaseEngine):
         try:
             self.faults.check(SAMPLING, chunk)
             sampling = sampling_for(chunk, self.device)
-            tokens = sample(done.logits, sampling, self.default_generator)
+            outputs = [s.output_ids for s in chunk]
+            tokens = sample(done.logits, sampling, self.default_generator, outputs)
         except Exception as exc:
             self._fail(chunk, SAMPLING, exc)
             return
@@ -167,7 +168,8 @@ class BatchEngine(BaseEngine):
         self.heartbeat.beat()
         try:
             self.faults.check(SAMPLING, batch.seqs)
-            tokens = sample(logits, batch.sampling, self.default_generator)
+            outputs = [s.output_ids for s in batch.seqs]
+            tokens = sample(logits, batch.sampling, self.default_generator, outputs)
         except Exception as exc:
             self._fail(batch.seqs, SAMPLING, exc)
             self._set_batch(None)

@@ -15,6 +15,7 @@ import torch
 
 from llmserve.engine.base import BaseEngine
 from llmserve.engine.faults import DECODE, PREFILL
+from llmserve.penalties import Penalties
 from llmserve.sequence import Sequence
 
 
@@ -69,6 +70,9 @@ class NaiveEngine(BaseEngine):
         }
         if not p.greedy:
             kwargs.update(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
+        penalties = Penalties.build([p], [seq.prompt_ids])
+        if penalties is not None:
+            kwargs["logits_processor"] = _penalty_processor(penalties, len(seq.prompt_ids))
         if p.seed is not None:
             torch.manual_seed(p.seed)
         self.faults.check(PREFILL, [seq])
@@ -85,6 +89,18 @@ class NaiveEngine(BaseEngine):
             self._finish(seq, "abort" if seq.cancelled else "length", time.monotonic())
         if m is not None:
             m.generation_tokens.inc(len(seq.output_ids))
+
+
+def _penalty_processor(penalties: Penalties, prompt_len: int) -> Any:
+    """`generate()`'s logits processors with ours: penalties and bias on the output so far."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Apply(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            outputs = [row[prompt_len:].tolist() for row in input_ids]
+            return penalties.apply(scores, outputs).to(scores.dtype)
+
+    return LogitsProcessorList([Apply()])
 
 
 @functools.cache
