@@ -45,6 +45,8 @@ class Settings:
     max_queue: int = 256
     max_model_len: int = 0
     max_prefill_tokens: int = 8192
+    gpu_memory_utilization: float = 0.9
+    kv_cache_tokens: int = 0
     engine_stall_timeout: float = 60.0
     engine_max_failures: int = 3
     precision: str = "auto"
@@ -93,7 +95,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("engine", "ENGINE", str, "batch (continuous batching) or naive", ("batch", "naive")),
     Option("max_batch_size", "MAX_BATCH_SIZE", int, "most sequences decoded together"),
     Option("max_queue", "MAX_QUEUE", int, "most requests waiting for a batch slot (then 429)"),
-    Option("max_model_len", "MAX_MODEL_LEN", int, "context limit; 0 = the model's"),
+    Option(
+        "max_model_len",
+        "MAX_MODEL_LEN",
+        int,
+        "context limit; 0 = 32768 or the model's positions if fewer, at most the KV budget",
+    ),
+    Option(
+        "gpu_memory_utilization",
+        "GPU_MEMORY_UTILIZATION",
+        float,
+        "share of the GPU's memory (on a CPU, of the available memory) for weights, "
+        "activations and the KV cache",
+    ),
+    Option(
+        "kv_cache_tokens",
+        "KV_CACHE_TOKENS",
+        int,
+        "token slots of the KV cache (rows x width of the batch); 0 = what the memory holds",
+    ),
     Option("max_prefill_tokens", "MAX_PREFILL_TOKENS", int, "prompt tokens per prefill pass"),
     Option(
         "engine_stall_timeout",

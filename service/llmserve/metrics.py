@@ -200,6 +200,22 @@ class Metrics:
             "Engine steps in a row that failed (0 after a step that succeeds)",
             registry=r,
         )
+        self.preemptions = Counter(
+            "llmserve_num_preemptions",
+            "Requests taken out of the batch to compute again later: budget, out_of_memory",
+            ["reason"],
+            registry=r,
+        )
+        self.kv_budget = Gauge(
+            "llmserve_kv_cache_budget_tokens",
+            "Token slots the KV cache may hold (0: no budget)",
+            registry=r,
+        )
+        self.kv_usage = Gauge(
+            "llmserve_kv_cache_usage_perc",
+            "Share of the KV budget the running batch holds (rows x width), 0 to 1",
+            registry=r,
+        )
         self.nvml: NvmlCollector | None = None
         if nvml:
             collector = NvmlCollector()

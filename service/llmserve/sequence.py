@@ -64,9 +64,11 @@ class Sequence:
         "internal",
         "last_token_time",
         "loop",
+        "oom_retries",
         "output_ids",
         "params",
         "pending",
+        "preemptions",
         "prefix_offset",
         "prompt_ids",
         "queue",
@@ -106,6 +108,10 @@ class Sequence:
         self.read_offset = 0
         self.finish_reason: str | None = None
         self.cancelled = False
+        # Times the engine took the request out of the batch to fit its memory budget,
+        # and of those, after running out of memory; it then computes it again.
+        self.preemptions = 0
+        self.oom_retries = 0
         self.stop_max = max((len(s) for s in params.stop), default=0)
         self.generator = None
         if params.seed is not None and not params.greedy:
@@ -116,6 +122,11 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def context_ids(self) -> list[int]:
+        """The prompt and what has been generated: the input of a (re)computed prefill."""
+        return self.prompt_ids + self.output_ids if self.output_ids else self.prompt_ids
 
     def append_token(self, token_id: int) -> str:
         """Record one generated token; return the newly releasable text.

@@ -22,6 +22,8 @@ from llmserve.app import create_app
 from llmserve.auth import Authenticator
 from llmserve.config import Settings
 from llmserve.engine.health import DEAD, STALLED
+from llmserve.loader import LoadedModel
+from llmserve.memory import GIB, KVBudget, compute_budget, context_limit
 from llmserve.proxies import resolve_proxies
 from llmserve.state import ServiceState
 
@@ -71,6 +73,7 @@ async def _load(state: ServiceState, t0: float) -> None:
     s = state.settings
     threads = configure_threads(s.threads)
     loaded = await _in_daemon_thread(lambda: load_model(s.model, s.precision, s.max_model_len))
+    budget = kv_budget(loaded, s)
     state.loaded = loaded
     state.defaults = GenerationDefaults.from_generation_config(loaded.model.generation_config)
     engine = ENGINES[s.engine](
@@ -80,7 +83,11 @@ async def _load(state: ServiceState, t0: float) -> None:
         metrics=state.metrics,
         stall_timeout=s.engine_stall_timeout,
         max_failures=s.engine_max_failures,
-        **({"max_prefill_tokens": s.max_prefill_tokens} if s.engine == "batch" else {}),
+        **(
+            {"max_prefill_tokens": s.max_prefill_tokens, "kv_budget_tokens": budget.tokens}
+            if s.engine == "batch"
+            else {}
+        ),
     )
     engine.start()
     state.phase = "warming_up"
@@ -144,6 +151,35 @@ async def _systemd(state: ServiceState, server: uvicorn.Server) -> None:
         sdnotify.notify(*messages)
 
 
+def kv_budget(loaded: LoadedModel, s: Settings) -> KVBudget:
+    """The KV budget, and the context limit that one request alone can fill; logged."""
+    import torch
+
+    budget = compute_budget(
+        loaded.model.config,
+        torch.finfo(loaded.dtype).bits // 8,
+        loaded.device.type,
+        s.gpu_memory_utilization,
+        s.kv_cache_tokens,
+        s.max_prefill_tokens,
+        s.max_batch_size,
+    )
+    loaded.max_model_len = context_limit(loaded.max_model_len, s.max_model_len, budget)
+    log.info(
+        "KV cache budget: %d tokens (%.2f GiB), context limit %d",
+        budget.tokens,
+        budget.bytes / GIB,
+        loaded.max_model_len,
+        extra={
+            "kv_budget_tokens": budget.tokens,
+            "kv_bytes_per_token": budget.bytes_per_token,
+            "max_model_len": loaded.max_model_len,
+            "budget": budget.detail,
+        },
+    )
+    return budget
+
+
 def reload_api_keys(auth: Authenticator) -> None:
     """SIGHUP: re-read the API keys file; a failure keeps the old keys and is logged."""
     try:
@@ -155,6 +191,11 @@ def reload_api_keys(auth: Authenticator) -> None:
 
 async def serve(settings: Settings, t0: float | None = None) -> int:
     t0 = time.monotonic() if t0 is None else t0
+    if not 0.0 < settings.gpu_memory_utilization <= 1.0:
+        raise ValueError(
+            f"--gpu-memory-utilization must be above 0 and at most 1, "
+            f"not {settings.gpu_memory_utilization}"
+        )
     state = ServiceState(settings)
     if not state.auth.enabled:
         if not settings.allow_unauthenticated:

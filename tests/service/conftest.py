@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -74,6 +76,33 @@ class Server:
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (a line still being written is left out)."""
+        complete = self.log().rsplit("\n", 1)[0]
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
+
+    def wait_for_entries(
+        self, match: Callable[[dict[str, Any]], bool], count: int = 1, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """At least `count` log lines that `match`: access and prompt lines are written
+        after the response has gone out, so a test that reads them right away waits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [entry for entry in self.entries() if match(entry)]
+            if len(found) >= count:
+                return found
+            assert time.monotonic() < deadline, f"{len(found)} of {count} log lines in {timeout}s"
+            time.sleep(0.05)
+
+    def access_lines(self, *request_ids: str) -> dict[str, dict[str, Any]]:
+        """The access line of each request id, once all of them are written."""
+        wanted = set(request_ids)
+        found = self.wait_for_entries(
+            lambda e: e.get("logger") == "llmserve.access" and e.get("request_id") in wanted,
+            len(wanted),
+        )
+        return {entry["request_id"]: entry for entry in found}
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from llmserve.engine import BaseEngine, BatchEngine, EngineStopped, NaiveEngine, QueueFull
 from llmserve.engine import continuous as continuous_module
@@ -367,3 +368,77 @@ def test_both_engines_honour_penalties_and_bias_alike(loaded, make_engine):
         assert asyncio.run(run(batch)) != penalised
     finally:
         naive.stop()
+
+
+# -- the memory budget -------------------------------------------------------------------------
+BUDGETED = [("The river runs through the old valley", 40), ("Hi", 30), ("Once upon a time", 35)]
+
+
+def run_together(engine: BatchEngine, cases: list[tuple[str, int]], tag: str) -> list[Outcome]:
+    async def main() -> list[Outcome]:
+        seqs = [start(engine, text, n, f"{tag}-{i}") for i, (text, n) in enumerate(cases)]
+        return list(await asyncio.gather(*(outcome(s) for s in seqs)))
+
+    return asyncio.run(main())
+
+
+def run_alone(engine: BatchEngine, cases: list[tuple[str, int]]) -> list[list[int]]:
+    async def main() -> list[list[int]]:
+        return [
+            (await outcome(start(engine, t, n, f"alone-{i}"))).tokens
+            for i, (t, n) in enumerate(cases)
+        ]
+
+    return asyncio.run(main())
+
+
+def preemptions(engine: BaseEngine, reason: str) -> float:
+    assert engine.metrics is not None
+    return engine.metrics.preemptions.labels(reason)._value.get()
+
+
+def test_budget_takes_newest_rows_out_and_they_resume_unchanged(make_engine):
+    expected = run_alone(make_engine(), BUDGETED)
+    # Two rows fit while short; as they grow the newest must leave, and come back later.
+    engine = make_engine(kv_budget_tokens=60)
+    got = run_together(engine, BUDGETED, "budget")
+    assert [(o.kind, o.finish_reason) for o in got] == [("finish", "length")] * 3, got
+    assert [o.tokens for o in got] == expected
+    assert preemptions(engine, "budget") >= 1
+    assert engine.heartbeat.consecutive_failures == 0
+
+
+def test_out_of_memory_puts_rows_back_and_lowers_the_budget(make_engine, monkeypatch):
+    expected = run_alone(make_engine(), BUDGETED)
+    engine = make_engine()
+    real_decode = continuous_module.decode
+    calls = {"n": 0}
+
+    def decode_out_of_memory_once(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        return real_decode(model, batch)
+
+    monkeypatch.setattr(continuous_module, "decode", decode_out_of_memory_once)
+    got = run_together(engine, BUDGETED, "oom")
+    assert [o.kind for o in got] == ["finish"] * 3, got
+    assert [o.tokens for o in got] == expected
+    assert preemptions(engine, "out_of_memory") == 3
+    assert engine.kv_budget_tokens > 0
+    assert engine.metrics is not None
+    assert engine.metrics.kv_budget._value.get() == engine.kv_budget_tokens
+
+
+def test_out_of_memory_every_time_fails_the_request_after_its_retries(make_engine, monkeypatch):
+    engine = make_engine()
+
+    def always_out_of_memory(model, batch):
+        raise torch.OutOfMemoryError("injected: CUDA out of memory")
+
+    monkeypatch.setattr(continuous_module, "decode", always_out_of_memory)
+    result = run_together(engine, [("Hi", 5)], "spent")[0]
+    assert result.kind == "error" and "out of accelerator memory" in result.error
+    assert preemptions(engine, "out_of_memory") == continuous_module.MAX_OOM_RETRIES
+    monkeypatch.undo()
+    asyncio.run(succeeds(engine))

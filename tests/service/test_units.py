@@ -472,3 +472,37 @@ def test_penalties_follow_the_openai_and_transformers_formulas():
     assert out[2].tolist() == [2.5, 2.0, -2.0, -96.0]
     assert out[3].tolist() == [1.0, 2.0, -2.0, 4.0]  # a row without settings is untouched
     assert Penalties.build([SamplingParams(max_tokens=1)], [[1]]) is None
+
+
+# -- memory budget ----------------------------------------------------------------------------
+def test_kv_budget_of_a_7b_distill_and_the_context_limit():
+    from types import SimpleNamespace
+
+    from llmserve.memory import (
+        DEFAULT_CONTEXT_LIMIT,
+        BudgetError,
+        KVBudget,
+        compute_budget,
+        context_limit,
+        kv_bytes_per_token,
+    )
+
+    # DeepSeek-R1-Distill-Qwen-7B: 28 layers, 28 heads of 128, 4 KV heads, bf16.
+    qwen7b = SimpleNamespace(
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        hidden_size=3584,
+        intermediate_size=18944,
+        vocab_size=152064,
+    )
+    assert kv_bytes_per_token(qwen7b, 2) == 2 * 28 * 4 * 128 * 2
+    budget = compute_budget(qwen7b, 2, "cpu", 0.9, 100_000, 8192, 32)
+    assert (budget.tokens, budget.bytes) == (100_000, 100_000 * 57344)
+    # No limit set: 32768, not the model's 131072 positions; the model's, when fewer.
+    assert context_limit(131072, 0, budget) == DEFAULT_CONTEXT_LIMIT
+    assert context_limit(2048, 0, budget) == 2048
+    small = KVBudget(57344, 20_000, "test")
+    assert context_limit(131072, 0, small) == 20_000
+    with pytest.raises(BudgetError, match=r"--max-model-len 65536 needs 3\.50 GiB.*20000 tokens"):
+        context_limit(131072, 65536, small)

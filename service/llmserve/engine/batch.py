@@ -82,7 +82,18 @@ class Batch:
 
         None when no row is left.
         """
-        keep = [i for i, s in enumerate(self.seqs) if not s.finished]
+        return self.keeping([i for i, s in enumerate(self.seqs) if not s.finished])
+
+    @property
+    def slots(self) -> int:
+        """Token slots the cache holds: rows x width."""
+        return int(self.mask.shape[0] * self.mask.shape[1])
+
+    def keeping(self, keep: list[int]) -> Batch | None:
+        """Only the rows at `keep`, without leading columns that are padding in every row.
+
+        None when no row is left.
+        """
         if not keep:
             return None
         layers = [(layer.keys, layer.values) for layer in self.cache.layers]

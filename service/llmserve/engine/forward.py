@@ -23,13 +23,14 @@ def prefill(model: Any, seqs: list[Sequence], pad_id: int, device: torch.device)
     """Run the prompts of `seqs` through the model together, left-padded."""
     from transformers import DynamicCache
 
-    longest = max(len(s.prompt_ids) for s in seqs)
+    contexts = [s.context_ids for s in seqs]  # a preempted request resumes where it was
+    longest = max(len(c) for c in contexts)
     rows = []
     mask_rows = []
-    for seq in seqs:
-        pad = longest - len(seq.prompt_ids)
-        rows.append([pad_id] * pad + seq.prompt_ids)
-        mask_rows.append([0] * pad + [1] * len(seq.prompt_ids))
+    for context in contexts:
+        pad = longest - len(context)
+        rows.append([pad_id] * pad + context)
+        mask_rows.append([0] * pad + [1] * len(context))
     input_ids = torch.tensor(rows, dtype=torch.long, device=device)
     mask = torch.tensor(mask_rows, dtype=torch.long, device=device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
