@@ -58,7 +58,7 @@ def resolve_precision(precision: str, cuda: bool, bf16_ok: bool) -> str:
     return precision
 
 
-def load_model(path: str, precision: str = "auto", max_model_len: int = 0) -> LoadedModel:
+def load_model(path: str, precision: str = "auto") -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -96,16 +96,8 @@ def load_model(path: str, precision: str = "auto", max_model_len: int = 0) -> Lo
     if "quantization_config" not in kwargs:
         model = model.to(device)
     model.eval()
+    # The model's positions; the server narrows this to its context limit (memory.py).
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 4096
-    if max_model_len > 0:
-        if max_model_len > limit:
-            log.warning(
-                "max-model-len %d exceeds the model's %d positions; using %d",
-                max_model_len,
-                limit,
-                limit,
-            )
-        limit = min(limit, max_model_len)
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id

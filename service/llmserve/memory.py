@@ -107,8 +107,15 @@ def compute_budget(
 
 
 def context_limit(positions: int, configured: int, budget: KVBudget) -> int:
-    """The context limit: the configured one (else the default, at most the model's
-    positions), which one request alone must be able to fill."""
+    """The context limit: the configured one (else the default), at most the model's
+    positions, which one request alone must be able to fill."""
+    if configured > positions:
+        log.warning(
+            "max-model-len %d exceeds the model's %d positions; using %d",
+            configured,
+            positions,
+            positions,
+        )
     limit = min(positions, configured if configured > 0 else DEFAULT_CONTEXT_LIMIT)
     if limit > budget.tokens:
         if configured > 0:

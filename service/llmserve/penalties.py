@@ -47,6 +47,10 @@ class Penalties:
     bias: list[dict[int, float]]
     prompts: list[list[int]]
     _dense: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict, repr=False)
+    # Output counts kept between steps (the rows of one instance never change), and how
+    # many tokens of each row they hold: a decode step adds only the new token.
+    _counts: torch.Tensor | None = field(default=None, repr=False)
+    _counted: list[int] = field(default_factory=list, repr=False)
 
     @classmethod
     def build(cls, params: list[SamplingParams], prompts: list[list[int]]) -> Penalties | None:
@@ -84,13 +88,37 @@ class Penalties:
             self._dense[key] = output_counts(with_penalty, vocab, device) > 0
         return self._dense[key]
 
+    def _output_counts(
+        self, outputs: list[list[int]], vocab: int, device: torch.device
+    ) -> torch.Tensor:
+        counts = self._counts
+        if counts is None or counts.shape != (len(outputs), vocab) or counts.device != device:
+            self._counts = output_counts(outputs, vocab, device)
+            self._counted = [len(out) for out in outputs]
+            return self._counts
+        rows: list[int] = []
+        tokens: list[int] = []
+        for i, out in enumerate(outputs):
+            new = out[self._counted[i] :]
+            rows.extend([i] * len(new))
+            tokens.extend(new)
+            self._counted[i] = len(out)
+        if tokens:
+            index = (
+                torch.tensor(rows, dtype=torch.long, device=device),
+                torch.tensor(tokens, dtype=torch.long, device=device).clamp(0, vocab - 1),
+            )
+            ones = torch.ones(len(tokens), dtype=torch.float32, device=device)
+            counts.index_put_(index, ones, accumulate=True)
+        return counts
+
     def apply(self, logits: torch.Tensor, outputs: list[list[int]]) -> torch.Tensor:
         """`logits` (B, V) adjusted for each row's settings and output so far."""
         logits = logits.float()
         vocab, device = logits.shape[-1], logits.device
         counted = any(self.presence) or any(self.frequency)
         repeated = any(r != 1.0 for r in self.repetition)
-        counts = output_counts(outputs, vocab, device) if counted or repeated else None
+        counts = self._output_counts(outputs, vocab, device) if counted or repeated else None
         if repeated and counts is not None:
             seen = (counts > 0) | self._prompt_seen(vocab, device)
             rp = self._rows(self.repetition, device)

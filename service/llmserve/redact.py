@@ -93,11 +93,12 @@ def _email_span(word: str) -> tuple[int, int] | None:
     end = at + 1
     while end < len(word) and (word[end] in _LABEL or word[end] == "."):
         end += 1
+    while start < at and word[start] == ".":  # a local part does not start with a dot
+        start += 1
     domain = word[at + 1 : end].rstrip(".")
-    local = word[start:at].lstrip(".")
-    if not _is_email(local, domain):
+    if not _is_email(word[start:at], domain):
         return None
-    return start + (len(word[start:at]) - len(local)), at + 1 + len(domain)
+    return start, at + 1 + len(domain)
 
 
 def _is_key(token: str) -> bool:

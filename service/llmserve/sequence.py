@@ -124,6 +124,10 @@ class Sequence:
         return self.finish_reason is not None
 
     @property
+    def context_len(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
     def context_ids(self) -> list[int]:
         """The prompt and what has been generated: the input of a (re)computed prefill."""
         return self.prompt_ids + self.output_ids if self.output_ids else self.prompt_ids

@@ -72,7 +72,7 @@ async def _load(state: ServiceState, t0: float) -> None:
 
     s = state.settings
     threads = configure_threads(s.threads)
-    loaded = await _in_daemon_thread(lambda: load_model(s.model, s.precision, s.max_model_len))
+    loaded = await _in_daemon_thread(lambda: load_model(s.model, s.precision))
     budget = kv_budget(loaded, s)
     state.loaded = loaded
     state.defaults = GenerationDefaults.from_generation_config(loaded.model.generation_config)

@@ -12,6 +12,9 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bin=.venv/bin
+# The tools find each other (ansible-lint runs ansible) in the virtualenv, however the
+# script is started.
+export PATH="$PWD/$bin:$PATH"
 jobs=${SUITE_JOBS:-2}
 if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
   echo "SUITE_JOBS must be a positive whole number, not '$jobs'" >&2

@@ -506,3 +506,17 @@ def test_kv_budget_of_a_7b_distill_and_the_context_limit():
     assert context_limit(131072, 0, small) == 20_000
     with pytest.raises(BudgetError, match=r"--max-model-len 65536 needs 3\.50 GiB.*20000 tokens"):
         context_limit(131072, 65536, small)
+
+
+def test_penalty_counts_follow_the_output_step_by_step():
+    """Counts kept between steps equal counts made from the whole output each time."""
+    from llmserve.penalties import Penalties, output_counts
+
+    penalties = Penalties.build([SamplingParams(max_tokens=9, frequency_penalty=1.0)] * 2, [[], []])
+    assert penalties is not None
+    outputs: list[list[int]] = [[], [2]]
+    for step in range(6):
+        outputs[0].append(step % 3)
+        outputs[1].append((step * 2) % 5)
+        got = penalties.apply(torch.zeros(2, 5), outputs)
+        assert got.tolist() == (-output_counts(outputs, 5, torch.device("cpu"))).tolist()

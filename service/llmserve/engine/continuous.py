@@ -54,7 +54,7 @@ def _split(joiners: list[Sequence], max_tokens: int) -> tuple[list[Sequence], li
     """The joiners that fit one prefill pass of `max_tokens` (at least one), and the rest."""
     tokens = 0
     for i, seq in enumerate(joiners):
-        tokens += len(seq.context_ids)
+        tokens += seq.context_len
         if i and tokens > max_tokens:
             return joiners[:i], joiners[i:]
     return joiners, []
@@ -157,7 +157,7 @@ class BatchEngine(BaseEngine):
             done = prefill(self.model, chunk, self.pad_id, self.device)
         except Exception as exc:
             if is_oom(exc):
-                width = max(len(s.context_ids) for s in chunk)
+                width = max(s.context_len for s in chunk)
                 self._out_of_memory(chunk, PREFILL, exc, self._slots() + len(chunk) * width)
             else:
                 self._fail(chunk, PREFILL, exc)
@@ -204,7 +204,7 @@ class BatchEngine(BaseEngine):
         rows = len(self.batch.seqs) if self.batch is not None else 0
         width = self.batch.mask.shape[1] + 1 if self.batch is not None else 0
         for i, seq in enumerate(joiners):
-            wider = max(width, len(seq.context_ids) + 1)
+            wider = max(width, seq.context_len + 1)
             if (rows + 1) * wider > self.kv_budget_tokens and rows > 0:
                 return joiners[:i], joiners[i:]
             rows, width = rows + 1, wider
