@@ -1,4 +1,4 @@
-"""Command line: `llmserve serve | make-tiny-model | bench`."""
+"""Command line: `llmserve serve | check-device | make-tiny-model | bench`."""
 
 from __future__ import annotations
 
@@ -43,6 +43,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def _check_device(args: argparse.Namespace) -> int:
+    import json
+
+    from llmserve.device import DeviceError, cuda_report, select_device
+
+    report = cuda_report()
+    out = report.as_dict()
+    try:
+        out["selected"] = select_device(args.device, report)
+        code = 0
+    except DeviceError as exc:
+        out["selected"] = None
+        out["error"] = str(exc)
+        code = 2
+    print(json.dumps(out))
+    if code:
+        print(f"llmserve: {out['error']}", file=sys.stderr)
+    return code
+
+
 def _make_tiny_model(args: argparse.Namespace) -> int:
     from llmserve.tiny_model import TinyShape, make_tiny_model
 
@@ -70,6 +90,7 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from llmserve import __version__
     from llmserve.config import add_serve_arguments
+    from llmserve.device import DEVICES
 
     parser = argparse.ArgumentParser(prog="llmserve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmserve {__version__}")
@@ -78,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service")
     add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
+
+    check = sub.add_parser(
+        "check-device",
+        help="print what torch sees of CUDA (JSON); exit 2 when --device cannot be used",
+    )
+    check.add_argument("--device", default="cuda", choices=DEVICES)
+    check.set_defaults(func=_check_device)
 
     tiny = sub.add_parser("make-tiny-model", help="write a small random Qwen2-shaped model")
     tiny.add_argument("directory")

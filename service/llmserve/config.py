@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from llmserve.device import DEVICES
 from llmserve.loader import PRECISIONS
 from llmserve.reasoning import PARSERS
 
@@ -50,6 +51,7 @@ class Settings:
     engine_stall_timeout: float = 60.0
     engine_max_failures: int = 3
     precision: str = "auto"
+    device: str = "auto"
     threads: int = 0
     api_keys_file: str = ""
     jwt_secret_file: str = ""
@@ -128,6 +130,14 @@ OPTIONS: tuple[Option, ...] = (
         "engine steps failing in a row before /ready turns 503; 0 = off",
     ),
     Option("precision", "PRECISION", str, "weights precision", PRECISIONS),
+    Option(
+        "device",
+        "DEVICE",
+        _lower,
+        "auto: the GPU when CUDA works, else the CPU; cuda: refuse to start without a "
+        "usable GPU; cpu: never use CUDA",
+        DEVICES,
+    ),
     Option("threads", "TORCH_THREADS", int, "CPU threads for torch; 0 = available cores"),
     Option("api_keys_file", "API_KEYS_FILE", str, "file with one API key per line"),
     Option("jwt_secret_file", "JWT_SECRET_FILE", str, "HMAC secret for JWT bearer tokens"),

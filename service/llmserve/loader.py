@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from llmserve.device import select_device
+
 log = logging.getLogger("llmserve.loader")
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32", "int8", "int4")
@@ -58,7 +60,8 @@ def resolve_precision(precision: str, cuda: bool, bf16_ok: bool) -> str:
     return precision
 
 
-def load_model(path: str, precision: str = "auto") -> LoadedModel:
+def load_model(path: str, precision: str = "auto", device_type: str = "") -> LoadedModel:
+    """Load onto `device_type` ("cuda" or "cpu"; empty: chosen as by --device auto)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -66,7 +69,7 @@ def load_model(path: str, precision: str = "auto") -> LoadedModel:
     hf_logging.disable_progress_bar()
     if not os.path.isdir(path):
         raise LoadError(f"model directory {path!r} does not exist")
-    cuda = torch.cuda.is_available()
+    cuda = (device_type or select_device("auto")) == "cuda"
     bf16_ok = cuda and torch.cuda.is_bf16_supported()
     resolved = resolve_precision(precision, cuda, bf16_ok)
     device = torch.device("cuda" if cuda else "cpu")

@@ -21,6 +21,7 @@ from llmserve import sdnotify
 from llmserve.app import create_app
 from llmserve.auth import Authenticator
 from llmserve.config import Settings
+from llmserve.device import select_device
 from llmserve.engine.health import DEAD, STALLED
 from llmserve.loader import LoadedModel
 from llmserve.memory import GIB, KVBudget, compute_budget, context_limit
@@ -65,14 +66,14 @@ def _set_exc(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-async def _load(state: ServiceState, t0: float) -> None:
+async def _load(state: ServiceState, t0: float, device_type: str) -> None:
     from llmserve.engine import ENGINES
     from llmserve.loader import configure_threads, load_model
     from llmserve.params import GenerationDefaults
 
     s = state.settings
     threads = configure_threads(s.threads)
-    loaded = await _in_daemon_thread(lambda: load_model(s.model, s.precision))
+    loaded = await _in_daemon_thread(lambda: load_model(s.model, s.precision, device_type))
     budget = kv_budget(loaded, s)
     state.loaded = loaded
     state.defaults = GenerationDefaults.from_generation_config(loaded.model.generation_config)
@@ -196,6 +197,10 @@ async def serve(settings: Settings, t0: float | None = None) -> int:
             f"--gpu-memory-utilization must be above 0 and at most 1, "
             f"not {settings.gpu_memory_utilization}"
         )
+    # Before the port opens: with --device cuda and no usable GPU the process exits
+    # (status 2, no restart) and /ready never answers 200.
+    device_type = select_device(settings.device)
+    log.info("device", extra={"device": device_type, "required": settings.device})
     state = ServiceState(settings)
     if not state.auth.enabled:
         if not settings.allow_unauthenticated:
@@ -241,7 +246,7 @@ async def serve(settings: Settings, t0: float | None = None) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: reload_api_keys(state.auth))
 
     serve_task = asyncio.create_task(server.serve(), name="http")
-    load_task = asyncio.create_task(_load(state, t0), name="load")
+    load_task = asyncio.create_task(_load(state, t0, device_type), name="load")
     stop_task = asyncio.create_task(stop.wait(), name="stop")
     systemd_task = asyncio.create_task(_systemd(state, server), name="systemd")
     code = 0
