@@ -60,8 +60,8 @@ setup: system-packages venv image wheelhouse ## Everything the tests and the lab
 lint: venv ## ansible-lint (production), yamllint, ruff
 	$(BIN)/ansible-lint
 	$(BIN)/yamllint -s .
-	$(BIN)/ruff check service tests molecule/shared/files
-	$(BIN)/ruff format --check service tests molecule/shared/files
+	$(BIN)/ruff check service tests molecule/shared/files roles
+	$(BIN)/ruff format --check service tests molecule/shared/files roles
 
 .PHONY: unit
 unit: venv ## pytest: the service and repository checks

@@ -49,6 +49,10 @@ done
 : > "$rootfs/etc/machine-id"
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 
+# mktemp made the directory 0700, and tar records that as the image's "/": images
+# built on this one would then deny every other user a path lookup (Docker's vfs
+# keeps the mode; a non-root service cannot stat its own binary).
+chmod 0755 "$rootfs"
 tar -C "$rootfs" -c . | podman import \
   --change 'CMD ["/sbin/init"]' \
   --change 'ENV container=podman' \
