@@ -4,7 +4,7 @@
 # here comes last.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-order=(rolling_update ha_pair common llmserve nginx)
+order=(rolling_update ha_pair common gpu_host llmserve nginx)
 declare -A seen=()
 for s in "${order[@]}"; do
   if [[ -f molecule/$s/molecule.yml ]]; then echo "$s"; seen[$s]=1; fi
