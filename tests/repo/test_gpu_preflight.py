@@ -483,31 +483,35 @@ def test_a_lab_host_without_gpu_may_pass(checked: Run) -> None:
     assert ", no NVIDIA GPU, " in line, line
 
 
-def test_old_release_is_refused_for_its_python(checked: Run) -> None:
-    task, msg = checked.failure("old-release")
-    assert task == "Check the release"
-    assert msg == (
-        "old-release: runs Ubuntu 20.04; required one of Ubuntu 22.04, Ubuntu 24.04, Debian 12 "
-        "(gpu_preflight_supported_os). Ubuntu 20.04 ships a Python older than 3.10, and the "
-        "service needs Python >= 3.10."
-    )
+@pytest.mark.parametrize(
+    ("host", "task", "message"),
+    [
+        (
+            "old-release",
+            "Check the release",
+            "old-release: runs Ubuntu 20.04; required one of Ubuntu 22.04, Ubuntu 24.04, "
+            "Debian 12 (gpu_preflight_supported_os). Ubuntu 20.04 ships a Python older than "
+            "3.10, and the service needs Python >= 3.10.",
+        ),
+        (
+            "ppc",
+            "Check the architecture",
+            "ppc: architecture ppc64le; required one of x86_64, aarch64 "
+            "(gpu_preflight_architectures).",
+        ),
+        (
+            "wrong-model",
+            "Check the GPU models",
+            'wrong-model: 2 of 2 GPUs match none of ["H200", "L40S"] (gpu_preflight_gpu_models): '
+            "0000:17:00.0 10de:2330; 0000:18:00.0 10de:2330.",
+        ),
+    ],
+)
+def test_a_rule_refuses_with_its_message(checked: Run, host: str, task: str, message: str) -> None:
+    assert checked.failure(host) == (task, message)
 
 
-def test_architecture_is_checked(checked: Run) -> None:
-    task, msg = checked.failure("ppc")
-    assert task == "Check the architecture"
-    assert msg == (
-        "ppc: architecture ppc64le; required one of x86_64, aarch64 (gpu_preflight_architectures)."
-    )
-
-
-def test_gpu_model_is_checked(checked: Run) -> None:
-    task, msg = checked.failure("wrong-model")
-    assert task == "Check the GPU models"
-    assert msg == (
-        'wrong-model: 2 of 2 GPUs match none of ["H200", "L40S"] (gpu_preflight_gpu_models): '
-        "0000:17:00.0 10de:2330; 0000:18:00.0 10de:2330."
-    )
+def test_a_matching_gpu_model_passes(checked: Run) -> None:
     checked.summary("right-model")
 
 
